@@ -1,0 +1,188 @@
+"""The Redis-backed, staleness-bounded group buffer and the policy-version counter.
+
+Keys (all under `<prefix>:`): `version` (policy version, int), `accepted` / `running` (admission
+counters), `groups` (a Stream of encoded groups, consumer group `trainers`), and counters for metrics.
+
+Invariants:
+- admission is one Lua script, so any number of workers on any number of nodes share one bound
+  (`staleness.admission_capacity`, plus `max_buffered`);
+- a group leaves the stream only when the trainer commits the step that used it (at-least-once): a batch
+  popped by a trainer that dies before `commit` is claimed again by the next `pop` after `claim_idle_s`;
+- a group staler than eta when popped is deleted, counted in `dropped_stale`, never returned, and gives its
+  admission slot back (otherwise dropped groups would shrink capacity until generators and trainer deadlock).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from buffer.schema import Group, decode_group, encode_group
+from buffer.staleness import is_too_stale, staleness
+
+# Mirrors staleness.admission_capacity, with the buffered-groups bound added; returns {granted, version}.
+_ADMIT_LUA = """
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+local accepted = tonumber(redis.call('GET', KEYS[2]) or '0')
+local running = tonumber(redis.call('GET', KEYS[3]) or '0')
+local buffered = redis.call('XLEN', KEYS[4])
+local eta, B, max_in_flight, max_buffered, want =
+  tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local cap = math.min(max_in_flight - running, (eta + v + 1) * B - (accepted + running))
+cap = math.min(cap, max_buffered - buffered - running)
+local granted = math.max(0, math.min(cap, want))
+if granted > 0 then redis.call('INCRBY', KEYS[3], granted) end
+return {granted, v}
+"""
+
+CONSUMER_GROUP = "trainers"
+
+
+class BufferUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class PoppedBatch:
+    entry_ids: list[bytes]
+    payloads: list[bytes]  # encoded groups (buffer.schema.decode_group), passed on to trainers undecoded
+    version: int  # trainer's policy version when popped
+    staleness: list[int] = field(default_factory=list)
+    dropped_stale: int = 0  # groups evicted while filling this batch
+
+    @property
+    def groups(self) -> list[Group]:
+        return [decode_group(p) for p in self.payloads]
+
+
+class RedisBuffer:
+    def __init__(self, url: str, *, prefix: str, eta: int, groups_per_step: int, max_in_flight: int,
+                 max_buffered: int, claim_idle_s: float = 300.0):
+        if eta < 0:
+            raise ValueError(f"buffer.eta must be >= 0 (0 = synchronous), got {eta}")
+        self.url, self.prefix, self.eta, self.groups_per_step = url, prefix, eta, groups_per_step
+        self.max_in_flight, self.max_buffered, self.claim_idle_ms = max_in_flight, max_buffered, int(claim_idle_s * 1000)
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        try:
+            self.client.ping()
+        except redis.ConnectionError as e:
+            raise BufferUnavailable(
+                f"cannot reach Redis at {url} ({e}). Start the server, fix buffer.redis_url, or leave "
+                f"buffer.redis_url empty to let Slipstream start an embedded server"
+            ) from e
+        self._admit = self.client.register_script(_ADMIT_LUA)
+        self._held: list[tuple[bytes, bytes, int]] = []  # (entry id, payload, min version) of a batch not yet full
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def initialize(self, version: int = 0) -> None:
+        """Set the version and rebase the admission counters on it (fresh start or resume from checkpoint):
+        the trainer has consumed version * B groups, so what is still in the stream counts as accepted."""
+        try:
+            self.client.xgroup_create(self.key("groups"), CONSUMER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+        buffered = self.client.xlen(self.key("groups"))
+        with self.client.pipeline(transaction=True) as p:
+            p.set(self.key("version"), version)
+            p.set(self.key("running"), 0)
+            p.set(self.key("accepted"), version * self.groups_per_step + buffered)
+            p.execute()
+
+    # -- generator side --------------------------------------------------------------------------------------
+    def admit(self, want: int) -> tuple[int, int]:
+        """Reserve up to `want` group slots; returns (granted, current policy version)."""
+        granted, version = self._admit(
+            keys=[self.key("version"), self.key("accepted"), self.key("running"), self.key("groups")],
+            args=[self.eta, self.groups_per_step, self.max_in_flight, self.max_buffered, want])
+        return int(granted), int(version)
+
+    def push(self, groups: list[Group], released: int = 0, gen_tokens: int = 0) -> None:
+        """Add finished groups and give back `released` reserved slots whose groups were not pushed."""
+        with self.client.pipeline(transaction=True) as p:
+            for g in groups:
+                p.xadd(self.key("groups"), {"g": encode_group(g), "v": g.min_version})
+            p.decrby(self.key("running"), len(groups) + released)
+            p.incrby(self.key("accepted"), len(groups))
+            if released:
+                p.incrby(self.key("released"), released)
+            if gen_tokens:
+                p.incrby(self.key("gen_tokens"), gen_tokens)
+            p.execute()
+
+    # -- trainer side ----------------------------------------------------------------------------------------
+    def pop(self, n: int, consumer: str = "trainer-0", timeout_s: float = 60.0) -> PoppedBatch | None:
+        """Claim n fresh groups, oldest first. Returns None if they did not arrive within timeout_s; the groups
+        claimed so far stay held for the next call. Stale groups are evicted on the way."""
+        deadline = time.monotonic() + timeout_s
+        version = self.version()
+        dropped = 0
+        while len(self._held) < n:
+            need = n - len(self._held)
+            entries = self._reclaim(consumer, need) or self._read_new(consumer, need, deadline)
+            fresh, stale_ids = [], []
+            for entry_id, data in entries:
+                min_version = int(data[b"v"])  # staleness is decided without decoding the group
+                if is_too_stale(version, min_version, self.eta):
+                    stale_ids.append(entry_id)
+                else:
+                    fresh.append((entry_id, data[b"g"], min_version))
+            if stale_ids:
+                self._evict(stale_ids)
+                dropped += len(stale_ids)
+            self._held.extend(fresh)
+            if len(self._held) < n and time.monotonic() >= deadline:
+                return None
+        taken, self._held = self._held[:n], self._held[n:]
+        return PoppedBatch(entry_ids=[t[0] for t in taken], payloads=[t[1] for t in taken], version=version,
+                           staleness=[staleness(version, t[2]) for t in taken], dropped_stale=dropped)
+
+    def _reclaim(self, consumer: str, count: int) -> list:
+        """Entries claimed by a consumer that went quiet for claim_idle_s (a trainer that died mid-step)."""
+        _, entries, _ = self.client.xautoclaim(self.key("groups"), CONSUMER_GROUP, consumer,
+                                               min_idle_time=self.claim_idle_ms, start_id="0", count=count)
+        return [(i, d) for i, d in entries if d]
+
+    def _read_new(self, consumer: str, count: int, deadline: float) -> list:
+        block_ms = max(1, min(1000, int((deadline - time.monotonic()) * 1000)))
+        reply = self.client.xreadgroup(CONSUMER_GROUP, consumer, {self.key("groups"): ">"}, count=count,
+                                       block=block_ms)
+        return reply[0][1] if reply else []
+
+    def _evict(self, entry_ids: list[bytes]) -> None:
+        with self.client.pipeline(transaction=True) as p:
+            p.xack(self.key("groups"), CONSUMER_GROUP, *entry_ids)
+            p.xdel(self.key("groups"), *entry_ids)
+            p.decrby(self.key("accepted"), len(entry_ids))
+            p.incrby(self.key("dropped_stale"), len(entry_ids))
+            p.execute()
+
+    def commit(self, batch: PoppedBatch) -> None:
+        """The step that used `batch` is done: its groups leave the buffer for good."""
+        if not batch.entry_ids:
+            return
+        with self.client.pipeline(transaction=True) as p:
+            p.xack(self.key("groups"), CONSUMER_GROUP, *batch.entry_ids)
+            p.xdel(self.key("groups"), *batch.entry_ids)
+            p.execute()
+
+    def version(self) -> int:
+        return int(self.client.get(self.key("version")) or 0)
+
+    def bump_version(self) -> int:
+        """Called by the trainer after the new weights have reached every generator."""
+        return int(self.client.incr(self.key("version")))
+
+    def stats(self) -> dict[str, int]:
+        names = ("version", "accepted", "running", "dropped_stale", "released", "gen_tokens")
+        values = self.client.mget([self.key(n) for n in names])
+        out = {n: int(v or 0) for n, v in zip(names, values)}
+        out["buffered"] = int(self.client.xlen(self.key("groups")))
+        return out
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,98 @@
+"""The typed Hydra config tree: one dataclass per section, registered with Hydra's ConfigStore.
+
+A misspelt key is an error (structured configs are in struct mode). `validate` checks values and paths
+before anything heavy starts, and names the fix in its message.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from buffer.config import BufferConfig
+from rollout.config import RolloutConfig, TaskConfig
+from trainer.config import TrainerConfig
+
+
+@dataclass
+class ModelConfig:
+    # A Hugging Face model directory (config.json, weights, tokenizer). The tiny demo model is built by
+    # `python scripts/build_tiny_model.py --out .cache/tiny-model`.
+    path: str = ".cache/tiny-model"
+
+
+@dataclass
+class RunConfig:
+    name: str = "slipstream"
+    seed: int = 0
+    total_steps: int = 100  # trainer steps (one optimizer step each)
+    max_minutes: float = 0.0  # stop after this wall-clock (0 = no limit); a final evaluation follows
+    eval_every: int = 10  # held-out evaluation every K trainer steps (and before the first, after the last)
+    eval_max_new_tokens: int = 8
+    batch_timeout_s: float = 600.0  # give up if no batch arrives for this long (generators stuck or dead)
+    ray_address: Optional[str] = None  # None: start a local Ray instance; "auto" or host:port: join a cluster
+    tensorboard: bool = True
+
+
+@dataclass
+class SlipstreamConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="slipstream_schema", node=SlipstreamConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate(cfg: SlipstreamConfig) -> None:
+    """Value checks that a schema cannot express; raises ConfigError naming the key and the fix."""
+    problems = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            problems.append(msg)
+
+    path = cfg.model.path
+    need(os.path.isfile(os.path.join(path, "config.json")),
+         f"model.path={path!r} is not a Hugging Face model directory (no config.json). Point it at one, or "
+         f"build the tiny model: python scripts/build_tiny_model.py --out {path}")
+    need(cfg.buffer.eta >= 0, f"buffer.eta={cfg.buffer.eta}: must be >= 0 (0 = synchronous)")
+    need(cfg.rollout.group_size >= 2, f"rollout.group_size={cfg.rollout.group_size}: GRPO advantages need >= 2")
+    need(cfg.rollout.num_workers >= 1, "rollout.num_workers must be >= 1")
+    need(cfg.rollout.max_new_tokens < cfg.rollout.max_model_len,
+         f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} leaves no room for a prompt in "
+         f"rollout.max_model_len={cfg.rollout.max_model_len}")
+    need(cfg.rollout.temperature > 0, "rollout.temperature must be > 0 for RL sampling (greedy gives no spread)")
+    need(cfg.trainer.groups_per_step >= 1, "trainer.groups_per_step must be >= 1")
+    need(cfg.trainer.num_ranks >= 1, "trainer.num_ranks must be >= 1")
+    need(cfg.trainer.micro_batches >= 1, "trainer.micro_batches must be >= 1")
+    need(cfg.trainer.zero_stage in (0, 1, 2, 3), f"trainer.zero_stage={cfg.trainer.zero_stage}: one of 0, 1, 2, 3")
+    need(cfg.trainer.lr > 0, "trainer.lr must be > 0")
+    need(cfg.trainer.loss.name in ("decoupled_ppo", "ppo_clip"),
+         f"trainer.loss.name={cfg.trainer.loss.name!r}: one of decoupled_ppo, ppo_clip")
+    need(cfg.trainer.weight_transport in ("store",),
+         f"trainer.weight_transport={cfg.trainer.weight_transport!r}: available: store")
+    need(cfg.trainer.dtype in ("float32", "bfloat16"), "trainer.dtype: float32 or bfloat16")
+    need(cfg.buffer.max_in_flight >= 1 and cfg.buffer.max_buffered >= cfg.trainer.groups_per_step,
+         f"buffer.max_buffered={cfg.buffer.max_buffered} must hold at least one step "
+         f"(trainer.groups_per_step={cfg.trainer.groups_per_step}) and buffer.max_in_flight >= 1")
+    need(cfg.task.name == "addition", f"task.name={cfg.task.name!r}: available: addition")
+    need(cfg.run.eval_every >= 1, "run.eval_every must be >= 1")
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    from rewards import RewardError, resolve_reward
+
+    try:
+        resolve_reward(cfg.rollout.reward)
+    except RewardError as e:
+        raise ConfigError(f"rollout.reward: {e}") from e

@@ -1,0 +1,49 @@
+"""Per-step metrics: JSON lines and TensorBoard events under the run directory, plus one live console line."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: str, tensorboard: bool = True):
+        os.makedirs(run_dir, exist_ok=True)
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._file = open(self.path, "a", buffering=1)
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        self._live = sys.stdout.isatty()
+
+    def write(self, step: int, metrics: dict) -> None:
+        record = {"step": step, "time": time.time(), **metrics}
+        self._file.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def progress(self, step: int, total: int, m: dict, last_eval: float | None) -> None:
+        """One line, rewritten in place on a terminal, printed every step otherwise."""
+        ev = f"{last_eval:.3f}" if last_eval is not None else "-"
+        line = (f"step {step}/{total} v{m.get('version', 0)} | reward {m.get('reward_mean', 0):.3f} "
+                f"held-out {ev} | stale {m.get('staleness_mean', 0):.2f}/{m.get('staleness_max', 0)} "
+                f"buf {m.get('buffer_depth', 0)} drop {m.get('dropped_stale_total', 0)} | "
+                f"gen {m.get('gen_tokens_per_s', 0):.0f} tok/s train {m.get('trainer_tokens_per_s', 0):.0f} tok/s "
+                f"sync {m.get('weight_sync_s', 0):.2f}s | {m.get('elapsed_s', 0) / 60:.1f} min")
+        if self._live:
+            sys.stdout.write("\r\033[K" + line)
+            sys.stdout.flush()
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self._live:
+            sys.stdout.write("\n")
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,127 @@
+"""Build the tiny model that demos and tests use, with nothing downloaded from any hub.
+
+1. a character-level tokenizer (every printable ASCII character is a token), saved as a Hugging Face
+   tokenizer (`tokenizer.json`), so vLLM and transformers load it like any other;
+2. a small Qwen2-style causal LM (random init);
+3. a short supervised warm start on the addition task, stopped as soon as greedy held-out success reaches
+   `target_success`, so that RL starts inside the band where it has something to learn (about 10-60%).
+
+The result is an ordinary Hugging Face model directory: the RL code path is the one a real model takes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import string
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from rollout.prompts import AdditionTask, Prompt
+
+EOS = "<|endoftext|>"
+
+
+@dataclass
+class TinyModelSpec:
+    # ~0.8M parameters: on 2 CPU cores the warm start reaches 25% held-out success in about 80 s.
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4  # head_dim 32: the smallest head size vLLM's CPU attention supports
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    max_positions: int = 64
+    num_digits: int = 2
+    sft_lr: float = 3e-3
+    sft_batch: int = 128
+    sft_max_steps: int = 5000
+    target_success: float = 0.25  # stop the warm start once greedy held-out success reaches this
+    eval_every: int = 50
+    seed: int = 0
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
+    vocab = {EOS: 0}
+    vocab.update({c: i + 1 for i, c in enumerate(chars)})
+    # BPE with no merges splits text into single characters; Fuse joins them back on decode.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, ignore_merges=True))
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, model_max_length=4096)
+
+
+def build_model(spec: TinyModelSpec, vocab_size: int):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                      num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+                      num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_positions,
+                      tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                      torch_dtype="float32")
+    torch.manual_seed(spec.seed)
+    return Qwen2ForCausalLM(cfg)
+
+
+def _sft_batch(tokenizer, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [B, T] input ids and labels (-100 on prompt and padding: only the answer is learned)."""
+    seqs, labels = [], []
+    for p in prompts:
+        prompt_ids = tokenizer.encode(p.text)
+        answer_ids = tokenizer.encode(p.fields["answer"]) + [tokenizer.eos_token_id]
+        seqs.append(prompt_ids + answer_ids)
+        labels.append([-100] * len(prompt_ids) + answer_ids)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (s, l) in enumerate(zip(seqs, labels)):
+        ids[i, : len(s)] = torch.tensor(s)
+        lab[i, : len(l)] = torch.tensor(l)
+    return ids, lab
+
+
+@torch.no_grad()
+def greedy_success(model, tokenizer, prompts: list[Prompt], max_new_tokens: int = 8) -> float:
+    """Greedy exact-answer success with plain transformers (used only to stop the warm start)."""
+    from rewards.builtin import exact_answer
+
+    tokenizer.padding_side = "left"
+    enc = tokenizer([p.text for p in prompts], return_tensors="pt", padding=True)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=0)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return sum(exact_answer(p.text, t, **p.fields) for p, t in zip(prompts, texts)) / len(prompts)
+
+
+def build_tiny_model(out_dir: str, spec: TinyModelSpec | None = None, log=print) -> dict:
+    """Build tokenizer + model + warm start into `out_dir`; returns the build report (also saved as JSON)."""
+    spec = spec or TinyModelSpec()
+    t0 = time.time()
+    tokenizer = build_tokenizer()
+    model = build_model(spec, vocab_size=len(tokenizer))
+    task = AdditionTask(num_digits=spec.num_digits, seed=spec.seed + 1_000)
+    held_out = task.held_out()
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, weight_decay=0.0)
+    success, step = greedy_success(model, tokenizer, held_out), 0
+    while step < spec.sft_max_steps and success < spec.target_success:
+        model.train()
+        ids, labels = _sft_batch(tokenizer, task.next(spec.sft_batch))
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % spec.eval_every == 0:
+            model.eval()
+            success = greedy_success(model, tokenizer, held_out)
+            log(f"warm start step {step}: loss {loss.item():.3f} held-out greedy success {success:.3f}")
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    report = {"spec": asdict(spec), "sft_steps": step, "held_out_success": success,
+              "params": sum(p.numel() for p in model.parameters()), "seconds": round(time.time() - t0, 1)}
+    with open(os.path.join(out_dir, "slipstream_build.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report

@@ -1,0 +1,67 @@
+"""The generation engine: one vLLM `LLM` per rollout worker, behind a small interface.
+
+Only this module imports vLLM. The engine runs in the worker's process (V1 multiprocessing off), so new
+weights reach it by reference, without a copy through a socket.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Completion:
+    token_ids: np.ndarray  # int32 [R]
+    logprobs: np.ndarray  # float32 [R], after temperature / top-p (what the sampler drew from)
+    text: str
+    finish_reason: str  # "stop" | "length"
+
+
+class VllmEngine:
+    def __init__(self, model_path: str, *, max_model_len: int, seed: int, dtype: str = "auto",
+                 gpu_memory_utilization: float = 0.5, enforce_eager: bool = True,
+                 tensor_parallel_size: int = 1):
+        # Before vLLM is imported: keep the engine core in this process (see module docstring).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, max_model_len=max_model_len, seed=seed, dtype=dtype,
+                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                       tensor_parallel_size=tensor_parallel_size,
+                       logprobs_mode="processed_logprobs",  # behaviour log-probs after temperature
+                       worker_extension_cls="rollout.vllm_extension.WeightLoaderExtension")
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = max_model_len
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def generate(self, prompt_ids: list[list[int]], *, n: int, max_new_tokens: int, temperature: float,
+                 top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        """n completions per prompt, each with its per-token sampling log-probs. temperature 0 = greedy."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                logprobs=0 if temperature > 0 else None, seed=seed)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
+                                    use_tqdm=False)
+        result = []
+        for out in outputs:
+            group = []
+            for c in out.outputs:
+                ids = np.asarray(c.token_ids, dtype=np.int32)
+                if c.logprobs is not None:
+                    lps = np.asarray([step[t].logprob for t, step in zip(c.token_ids, c.logprobs)], np.float32)
+                else:
+                    lps = np.zeros(len(ids), np.float32)  # greedy: no sampling distribution to record
+                group.append(Completion(ids, lps, c.text, "length" if c.finish_reason == "length" else "stop"))
+            result.append(group)
+        return result
+
+    def load_weights(self, named_tensors: dict) -> None:
+        self.llm.collective_rpc("slipstream_load_weights", args=(named_tensors,))
+        # Cached prefixes hold KV computed by the old weights.
+        self.llm.reset_prefix_cache()

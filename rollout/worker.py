@@ -1,0 +1,168 @@
+"""The rollout worker: a Ray actor that owns one engine and generates without pause.
+
+Loop: apply any weights received -> ask the buffer's admission guard for group slots -> draw prompts ->
+generate n samples each with per-token behaviour log-probs -> score with the reward function -> push whole
+groups. It never waits for the trainer except through the admission guard.
+
+Concurrency: the actor is threaded (Ray `max_concurrency`). `run` loops in one thread; `receive_weights`
+only stashes the newest weights (the trainer never waits for a generation step), and `evaluate` shares the
+engine through a lock, between generation calls.
+
+Invariant: every token is tagged with the policy version of the weights that produced it. Weights change
+only between `generate` calls, so one call's tokens share a version.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+
+import numpy as np
+
+from buffer.config import BufferConfig
+from buffer.redis_buffer import RedisBuffer
+from buffer.schema import Group, Sample
+from rollout.config import RolloutConfig, TaskConfig
+from rollout.prompts import AdditionTask, Prompt
+
+log = logging.getLogger("slipstream.rollout")
+
+
+class RolloutWorker:
+    def __init__(self, worker_id: int, model_path: str, rollout: RolloutConfig, task: TaskConfig,
+                 buffer: BufferConfig, redis_url: str, key_prefix: str, groups_per_step: int, seed: int):
+        if rollout.gpus_per_worker == 0:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(rollout.cpus_per_worker))))
+        from rewards import resolve_reward
+        from rollout.engine import VllmEngine
+
+        self.worker_id, self.cfg = worker_id, rollout
+        self.reward_fn = resolve_reward(rollout.reward)
+        self.prompts = AdditionTask(num_digits=task.num_digits, seed=seed * 1_000 + worker_id,
+                                    held_out_size=task.held_out_size)
+        self.buffer = RedisBuffer(redis_url, prefix=key_prefix, eta=buffer.eta, groups_per_step=groups_per_step,
+                                  max_in_flight=buffer.max_in_flight, max_buffered=buffer.max_buffered)
+        self.engine = VllmEngine(model_path, max_model_len=rollout.max_model_len, seed=seed + worker_id,
+                                 dtype=rollout.dtype, gpu_memory_utilization=rollout.gpu_memory_utilization,
+                                 tensor_parallel_size=rollout.tensor_parallel_size)
+        self.version = 0
+        self._engine_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: tuple[int, dict] | None = None
+        self._stop = threading.Event()
+        self.counters = {"groups": 0, "samples": 0, "tokens": 0, "too_long_prompts": 0, "reward_errors": 0,
+                         "weight_loads": 0, "weight_load_seconds": 0.0, "gen_seconds": 0.0}
+
+    # -- called by the trainer / driver -------------------------------------------------------------------
+    def receive_weights(self, version: int, named_arrays: dict) -> None:
+        with self._pending_lock:
+            if self._pending is None or version > self._pending[0]:
+                self._pending = (version, named_arrays)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def stats(self) -> dict:
+        return {"worker_id": self.worker_id, "version": self.version, **self.counters}
+
+    def evaluate(self, prompts: list[dict], max_new_tokens: int) -> dict:
+        """Greedy success on held-out prompts ({"text", "fields"}) with this engine's current weights."""
+        with self._engine_lock:
+            self._apply_pending_weights()
+            ids = [self.engine.encode(p["text"]) for p in prompts]
+            outs = self.engine.generate(ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+            version = self.version
+        scores = [self._score(p["text"], o[0].text, p["fields"])[0] for p, o in zip(prompts, outs)]
+        return {"success": float(np.mean(scores)), "version": version, "n": len(prompts)}
+
+    def held_out_prompts(self) -> list[dict]:
+        return [{"text": p.text, "fields": p.fields} for p in self.prompts.held_out()]
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Generate until stop(); returns the counters."""
+        while not self._stop.is_set():
+            with self._engine_lock:
+                self._apply_pending_weights()
+            granted, version = self.buffer.admit(self.cfg.groups_per_call)
+            if granted == 0:
+                time.sleep(self.cfg.idle_sleep_s)
+                continue
+            pushed = []
+            try:
+                with self._engine_lock:
+                    if version > self.version:  # the trainer stores weights before it bumps the version
+                        self._apply_pending_weights()
+                    pushed = self._generate_groups(self.prompts.next(granted))
+            finally:  # a failed call must still give its admission slots back
+                self.buffer.push(pushed, released=granted - len(pushed),
+                                 gen_tokens=sum(g.num_response_tokens for g in pushed))
+        return self.stats()
+
+    def _apply_pending_weights(self) -> None:
+        import torch
+
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        if pending is None or pending[0] <= self.version:
+            return
+        t0 = time.perf_counter()
+        version, arrays = pending
+        self.engine.load_weights({k: torch.from_numpy(v) for k, v in arrays.items()})
+        self.version = version
+        self.counters["weight_loads"] += 1
+        self.counters["weight_load_seconds"] += time.perf_counter() - t0
+
+    def _generate_groups(self, prompts: list[Prompt]) -> list[Group]:
+        cfg = self.cfg
+        encoded = []
+        for p in prompts:
+            ids = self.engine.encode(p.text)
+            if len(ids) + cfg.max_new_tokens > self.engine.max_model_len:
+                self.counters["too_long_prompts"] += 1
+                log.warning("prompt %s has %d tokens; with max_new_tokens=%d it exceeds max_model_len=%d; "
+                            "skipped (raise rollout.max_model_len or shorten the prompt)", p.prompt_id, len(ids),
+                            cfg.max_new_tokens, self.engine.max_model_len)
+                continue
+            encoded.append((p, ids))
+        if not encoded:
+            return []
+        t0 = time.perf_counter()
+        outputs = self.engine.generate([ids for _, ids in encoded], n=cfg.group_size,
+                                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                       top_p=cfg.top_p)
+        seconds = time.perf_counter() - t0
+        self.counters["gen_seconds"] += seconds
+        groups = []
+        for (prompt, ids), completions in zip(encoded, outputs):
+            samples = []
+            for c in completions:
+                reward, details = self._score(prompt.text, c.text, prompt.fields)
+                samples.append(Sample(prompt_ids=np.asarray(ids, np.int32), response_ids=c.token_ids,
+                                      behaviour_logprobs=c.logprobs,
+                                      token_versions=np.full(len(c.token_ids), self.version, np.int32),
+                                      reward=reward, finish_reason=c.finish_reason, reward_details=details,
+                                      gen_seconds=seconds))
+            groups.append(Group(prompt_id=prompt.prompt_id, prompt=prompt.text, samples=samples,
+                                worker_id=self.worker_id, fields=prompt.fields))
+            self.counters["groups"] += 1
+            self.counters["samples"] += len(samples)
+            self.counters["tokens"] += sum(len(s.response_ids) for s in samples)
+        return groups
+
+    def _score(self, prompt: str, completion: str, fields: dict) -> tuple[float, dict]:
+        """A reward that raises or returns a non-number scores 0 and is counted; it never stops the worker."""
+        try:
+            value = float(self.reward_fn(prompt, completion, **fields))
+            if math.isfinite(value):
+                return value, {}
+            error = f"non-finite reward {value}"
+        except Exception as e:  # noqa: BLE001 - a user plugin may raise anything
+            error = f"{type(e).__name__}: {e}"
+        self.counters["reward_errors"] += 1
+        log.warning("reward %s failed on prompt %r: %s (scored 0)", self.cfg.reward, prompt, error)
+        return 0.0, {"reward_error": error}

@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""Build the tiny demo/test model locally: char tokenizer + small Qwen2 + short supervised warm start.
+
+    python scripts/build_tiny_model.py --out .cache/tiny-model [--target-success 0.3] [--seed 0]
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=".cache/tiny-model")
+    ap.add_argument("--target-success", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--force", action="store_true", help="rebuild even if the directory holds a model")
+    args = ap.parse_args()
+    if os.path.exists(os.path.join(args.out, "slipstream_build.json")) and not args.force:
+        print(f"tiny model already at {args.out} (use --force to rebuild)")
+        return
+    from launcher.tiny_model import TinyModelSpec, build_tiny_model
+
+    spec = TinyModelSpec()
+    if args.target_success is not None:
+        spec.target_success = args.target_success
+    if args.seed is not None:
+        spec.seed = args.seed
+    print(json.dumps(build_tiny_model(args.out, spec)))
+
+
+if __name__ == "__main__":
+    main()

