@@ -54,6 +54,28 @@ class ConfigError(ValueError):
     pass
 
 
+def to_typed(raw) -> SlipstreamConfig:
+    """DictConfig from Hydra -> dataclasses. Rejects keys the schema lacks: Hydra's `+key=value` adds them
+    even in struct mode, and OmegaConf.to_object would then drop them without a word."""
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.structured(SlipstreamConfig)
+
+    def unknown(node, ref, path):
+        for k in node:
+            if k == "hydra" and not path:
+                continue
+            if k not in ref:
+                yield f"{path}{k}"
+            elif OmegaConf.is_dict(node[k]) and OmegaConf.is_dict(ref[k]):
+                yield from unknown(node[k], ref[k], f"{path}{k}.")
+
+    bad = list(unknown(raw, schema, ""))
+    if bad:
+        raise ConfigError(f"unknown config key(s): {', '.join(bad)}; see launcher/config.py for the schema")
+    return OmegaConf.to_object(raw)
+
+
 def validate(cfg: SlipstreamConfig) -> None:
     """Value checks that a schema cannot express; raises ConfigError naming the key and the fix."""
     problems = []

@@ -1,13 +1,15 @@
 """Built-in rewards."""
 from __future__ import annotations
 
+import re
+
 from rewards.registry import register
 
 
 def normalize_answer(text: str) -> str:
     """Strip surrounding whitespace and leading zeros of an integer answer ('007' == '7')."""
     text = text.strip()
-    if text.lstrip("-").isdigit():
+    if re.fullmatch(r"-?\d+", text):
         sign = "-" if text.startswith("-") else ""
         return sign + (text.lstrip("-").lstrip("0") or "0")
     return text

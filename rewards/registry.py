@@ -44,9 +44,10 @@ def resolve_reward(spec: str) -> RewardFn:
         module_name, _, attr = spec.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise RewardError(f"reward {spec!r}: cannot import module {module_name!r} ({e}); "
-                              f"check the path or install the package that provides it") from e
+        except Exception as e:  # noqa: BLE001 - a plugin can fail to import in any way (SyntaxError, ...)
+            raise RewardError(f"reward {spec!r}: cannot import module {module_name!r} "
+                              f"({type(e).__name__}: {e}); check the path or install the package that "
+                              f"provides it") from e
         fn = getattr(module, attr, None)
         if fn is None:
             raise RewardError(f"reward {spec!r}: module {module_name!r} has no attribute {attr!r}")

@@ -23,8 +23,11 @@ class AdditionTask:
     def __init__(self, num_digits: int = 2, seed: int = 0, held_out_size: int = 256):
         if num_digits < 1:
             raise ValueError(f"task.num_digits must be >= 1, got {num_digits}")
+        pairs = (10 ** num_digits) ** 2
+        if held_out_size > pairs // 2:
+            raise ValueError(f"task.held_out_size={held_out_size} is more than half of the {pairs} distinct "
+                             f"{num_digits}-digit problems; lower it or raise task.num_digits")
         self.num_digits = num_digits
-        self._limit = 10 ** num_digits
         held_rng = random.Random(f"held-out-{num_digits}")  # same held-out set for every seed and worker
         self._held_out_pairs: list[tuple[int, int]] = []
         seen = set()

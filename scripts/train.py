@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from launcher.config import register_configs  # noqa: E402
 
@@ -21,10 +21,10 @@ register_configs()
 def main(raw: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from launcher.config import ConfigError
+    from launcher.config import ConfigError, to_typed
 
-    cfg = OmegaConf.to_object(raw)  # typed dataclasses from here on
     try:
+        cfg = to_typed(raw)  # typed dataclasses from here on
         from launcher.main import run
 
         run(cfg, HydraConfig.get().runtime.output_dir)

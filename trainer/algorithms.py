@@ -15,6 +15,8 @@ def grpo_advantages(rewards: torch.Tensor, *, scale_by_std: bool = True, eps: fl
 
     rewards: [G] -> [G]. A group whose rewards are all equal gets zeros (it carries no signal).
     """
+    if bool((rewards == rewards[0]).all()):  # exact zeros: a float mean of e.g. 0.7s is off by an ulp
+        return torch.zeros_like(rewards)
     centred = rewards - rewards.mean()  # [G]
     if not scale_by_std:
         return centred
@@ -50,19 +52,23 @@ def decoupled_ppo_loss(logp: torch.Tensor, prox_logp: torch.Tensor, behaviour_lo
     micro-batches add up to a token mean over the step. Returns (scalar loss, detached stats).
     Plain PPO clip is the special case prox_logp == behaviour_logp (then w_t = 1).
     """
+    prox_logp = prox_logp.detach()  # pi_prox is a fixed reference: no gradient through it
     ratio = torch.exp(logp - prox_logp)  # [B, T]
-    weight = torch.exp(prox_logp - behaviour_logp).detach()  # [B, T]
-    keep = mask & (weight <= max_behaviour_weight)  # [B, T]
+    raw_weight = torch.exp(prox_logp - behaviour_logp).detach()  # [B, T]
+    keep = mask & (raw_weight <= max_behaviour_weight)  # [B, T]; inf / NaN weights fail the test too
+    # zero masked weights before they meet the surrogate: inf * 0 would be NaN in the loss and its gradient
+    weight = torch.where(keep, raw_weight, 0.0)  # [B, T]
     unclipped = ratio * advantages  # [B, T]
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages  # [B, T]
     surrogate = torch.minimum(unclipped, clipped)  # [B, T]
-    loss = -(weight * surrogate * keep).sum() / normalizer
+    loss = -(weight * surrogate).sum() / normalizer
     with torch.no_grad():
-        n_keep = keep.sum().clamp(min=1)
+        n_keep = max(int(keep.sum()), 1)
+        n_mask = int(mask.sum())
         stats = LossStats(
-            clip_fraction=((clipped < unclipped) & keep).sum().item() / n_keep.item(),
-            behaviour_weight_mean=(weight * keep).sum().item() / n_keep.item(),
-            masked_fraction=1.0 - keep.sum().item() / max(mask.sum().item(), 1),
-            approx_kl=((prox_logp - logp) * keep).sum().item() / n_keep.item(),
+            clip_fraction=int(((clipped < unclipped) & keep).sum()) / n_keep,
+            behaviour_weight_mean=float(weight.sum()) / n_keep,
+            masked_fraction=(1.0 - int(keep.sum()) / n_mask) if n_mask else 0.0,
+            approx_kl=float(torch.where(keep, prox_logp - logp, 0.0).sum()) / n_keep,
         )
     return loss, stats

@@ -1,0 +1,148 @@
+"""The Redis buffer against a real server: admission, staleness eviction, at-least-once pops, bounds."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from buffer.redis_buffer import BufferUnavailable, RedisBuffer
+from buffer.schema import Group, Sample
+from buffer.staleness import admission_capacity
+
+pytestmark = pytest.mark.integration
+
+
+def make_buffer(server, prefix, *, eta=1, B=2, max_in_flight=100, max_buffered=100, claim_idle_s=300.0):
+    buf = RedisBuffer(server.url, prefix=prefix, eta=eta, groups_per_step=B, max_in_flight=max_in_flight,
+                      max_buffered=max_buffered, claim_idle_s=claim_idle_s)
+    buf.initialize(version=0)
+    return buf
+
+
+def group(version: int, prompt_id: str = "p", n: int = 2, reward: float = 1.0) -> Group:
+    samples = [Sample(prompt_ids=np.array([1, 2], np.int32), response_ids=np.array([3, 4, 5], np.int32),
+                      behaviour_logprobs=np.array([-0.1, -0.2, -0.3], np.float32),
+                      token_versions=np.full(3, version, np.int32), reward=reward, finish_reason="stop")
+               for _ in range(n)]
+    return Group(prompt_id=prompt_id, prompt="1+2=", samples=samples, fields={"answer": "3"})
+
+
+def test_admit_matches_pure_capacity_rule(redis_server, key_prefix):
+    buf = make_buffer(redis_server, key_prefix, eta=1, B=2, max_in_flight=3)
+    # v=0, accepted=0, running=0: min(3 - 0, (1+0+1)*2 - 0) = 3
+    assert buf.admit(10) == (3, 0)
+    # running=3 now: min(3 - 3, 4 - 3) = 0
+    assert buf.admit(10) == (0, 0)
+    buf.push([group(0), group(0)], released=0)  # running 1, accepted 2 -> min(2, 4 - 3) = 1
+    assert admission_capacity(eta=1, version=0, groups_per_step=2, accepted=2, running=1, max_in_flight=3) == 1
+    assert buf.admit(10) == (1, 0)
+
+
+def test_admission_is_atomic_across_concurrent_workers(redis_server, key_prefix):
+    buf = make_buffer(redis_server, key_prefix, eta=2, B=4, max_in_flight=1000)
+    granted = []
+
+    def worker():
+        own = RedisBuffer(redis_server.url, prefix=key_prefix, eta=2, groups_per_step=4, max_in_flight=1000,
+                          max_buffered=100)
+        for _ in range(50):
+            granted.append(own.admit(1)[0])
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # (eta + v + 1) * B = 3 * 4 = 12 slots in total, however the 300 requests interleave
+    assert sum(granted) == 12
+    assert buf.stats()["running"] == 12
+
+
+def test_eta_zero_admits_exactly_one_step_per_version(redis_server, key_prefix):
+    buf = make_buffer(redis_server, key_prefix, eta=0, B=2)
+    assert buf.admit(5) == (2, 0)
+    buf.push([group(0), group(0)])
+    assert buf.admit(5) == (0, 0)
+    batch = buf.pop(2, timeout_s=2)
+    assert batch.staleness == [0, 0]
+    buf.bump_version()
+    buf.commit(batch)
+    assert buf.admit(5) == (2, 1)
+
+
+def test_pop_evicts_groups_staler_than_eta_and_gives_their_slots_back(redis_server, key_prefix):
+    buf = make_buffer(redis_server, key_prefix, eta=1, B=2)
+    buf.admit(4)
+    buf.push([group(0, "old-a"), group(0, "old-b"), group(2, "new-a"), group(2, "new-b")])
+    buf.client.set(buf.key("version"), 2)  # trainer moved on: groups of version 0 are 2 > eta=1 stale
+    batch = buf.pop(2, timeout_s=2)
+    assert [g.prompt_id for g in batch.groups] == ["new-a", "new-b"]
+    assert batch.dropped_stale == 2 and batch.staleness == [0, 0]
+    stats = buf.stats()
+    assert stats["dropped_stale"] == 2
+    assert stats["accepted"] == 2  # 4 pushed - 2 evicted
+
+
+def test_popped_batch_is_claimed_until_commit_and_reclaimed_after_a_crash(redis_server, key_prefix):
+    buf = make_buffer(redis_server, key_prefix, eta=4, B=2, claim_idle_s=0.2)
+    buf.admit(2)
+    buf.push([group(0, "a"), group(0, "b")])
+    first = buf.pop(2, consumer="trainer-dead", timeout_s=2)
+    assert {g.prompt_id for g in first.groups} == {"a", "b"}
+    # the dead trainer never commits; a new trainer finds nothing new but reclaims after claim_idle_s
+    survivor = RedisBuffer(redis_server.url, prefix=key_prefix, eta=4, groups_per_step=2, max_in_flight=100,
+                           max_buffered=100, claim_idle_s=0.2)
+    time.sleep(0.3)
+    again = survivor.pop(2, consumer="trainer-new", timeout_s=2)
+    assert {g.prompt_id for g in again.groups} == {"a", "b"}
+    survivor.commit(again)
+    assert buf.stats()["buffered"] == 0
+    assert survivor.pop(2, consumer="trainer-new", timeout_s=0.3) is None
+
+
+def test_pop_times_out_and_keeps_partial_batch_for_next_call(redis_server, key_prefix):
+    buf = make_buffer(redis_server, key_prefix, eta=4, B=2)
+    buf.admit(2)
+    buf.push([group(0, "a")], released=1)
+    assert buf.pop(2, timeout_s=0.3) is None
+    buf.admit(1)
+    buf.push([group(0, "b")])
+    batch = buf.pop(2, timeout_s=2)
+    assert [g.prompt_id for g in batch.groups] == ["a", "b"]
+
+
+def test_max_buffered_bounds_admission(redis_server, key_prefix):
+    buf = make_buffer(redis_server, key_prefix, eta=100, B=1, max_buffered=3)
+    assert buf.admit(10) == (3, 0)
+    buf.push([group(0)] * 3)
+    assert buf.admit(10) == (0, 0)  # 3 buffered + 0 running = max_buffered
+
+
+def test_released_slots_return_to_capacity(redis_server, key_prefix):
+    buf = make_buffer(redis_server, key_prefix, eta=0, B=3)
+    assert buf.admit(3) == (3, 0)
+    buf.push([group(0)], released=2)  # two prompts were filtered out: their slots come back
+    assert buf.admit(3) == (2, 0)
+
+
+def test_initialize_rebases_counters_on_resume(redis_server, key_prefix):
+    buf = make_buffer(redis_server, key_prefix, eta=1, B=2)
+    buf.admit(2)
+    buf.push([group(0), group(0)])
+    buf.client.set(buf.key("running"), 5)  # a crashed worker left reservations behind
+    resumed = RedisBuffer(redis_server.url, prefix=key_prefix, eta=1, groups_per_step=2, max_in_flight=100,
+                          max_buffered=100)
+    resumed.initialize(version=7)
+    stats = resumed.stats()
+    assert stats["version"] == 7 and stats["running"] == 0
+    assert stats["accepted"] == 7 * 2 + 2  # consumed steps + still buffered
+    # capacity = (1 + 7 + 1) * 2 - 16 = 2
+    assert resumed.admit(10) == (2, 7)
+
+
+def test_unreachable_redis_names_the_url_and_the_fix():
+    with pytest.raises(BufferUnavailable, match=r"127\.0\.0\.1:1.*buffer\.redis_url"):
+        RedisBuffer("redis://127.0.0.1:1/0", prefix="x", eta=0, groups_per_step=1, max_in_flight=1,
+                    max_buffered=1)

@@ -1,0 +1,143 @@
+"""The sample/group wire schema: msgpack round trip, invariants, min_version."""
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from buffer.schema import SCHEMA_VERSION, Group, Sample, decode_group, encode_group
+
+
+def _sample(prompt, response, logprobs, versions, reward, **kw) -> Sample:
+    return Sample(
+        prompt_ids=np.array(prompt, dtype=np.int32),
+        response_ids=np.array(response, dtype=np.int32),
+        behaviour_logprobs=np.array(logprobs, dtype=np.float32),
+        token_versions=np.array(versions, dtype=np.int32),
+        reward=reward,
+        **kw,
+    )
+
+
+def _group() -> Group:
+    s0 = _sample([5, 6, 7], [8, 9], [-0.5, -1.25], [3, 4], 1.0, finish_reason="stop",
+                 reward_details={"format": 0.5, "note": "ok", "parts": [1, 2]}, gen_seconds=0.25)
+    s1 = _sample([5, 6, 7], [10, 11, 12], [-0.125, -2.0, -0.75], [2, 2, 5], 0.0, finish_reason="length")
+    return Group(prompt_id="12+7", prompt="12+7=", samples=[s0, s1], worker_id=3, fields={"answer": "19"})
+
+
+def test_encode_decode_round_trip_preserves_every_field_and_dtype():
+    g = _group()
+    out = decode_group(encode_group(g))
+
+    assert out.prompt_id == "12+7"
+    assert out.prompt == "12+7="
+    assert out.worker_id == 3
+    assert out.fields == {"answer": "19"}
+    assert len(out.samples) == 2
+    for got, want in zip(out.samples, g.samples):
+        for name, dtype in (("prompt_ids", np.int32), ("response_ids", np.int32),
+                            ("behaviour_logprobs", np.float32), ("token_versions", np.int32)):
+            arr = getattr(got, name)
+            assert arr.dtype == dtype, name
+            np.testing.assert_array_equal(arr, getattr(want, name))
+        assert got.reward == want.reward
+        assert got.finish_reason == want.finish_reason
+        assert got.reward_details == want.reward_details
+        assert got.gen_seconds == want.gen_seconds
+    # exact values spelt out for the first sample (all exactly representable in float32)
+    np.testing.assert_array_equal(out.samples[0].behaviour_logprobs, np.array([-0.5, -1.25], dtype=np.float32))
+    np.testing.assert_array_equal(out.samples[1].token_versions, np.array([2, 2, 5], dtype=np.int32))
+    assert out.samples[0].reward_details == {"format": 0.5, "note": "ok", "parts": [1, 2]}
+    assert out.samples[0].gen_seconds == 0.25
+    assert out.samples[1].finish_reason == "length"
+
+
+def test_round_trip_of_sample_with_empty_response():
+    s = _sample([1, 2], [], [], [], 0.0, finish_reason="length")
+    out = decode_group(encode_group(Group(prompt_id="p", prompt="p", samples=[s]))).samples[0]
+    assert out.response_ids.shape == (0,)
+    assert out.response_ids.dtype == np.int32
+    assert out.behaviour_logprobs.dtype == np.float32
+
+
+def test_group_min_version_is_oldest_token_across_samples():
+    # sample 0 versions [3, 4] -> 3 ; sample 1 versions [2, 2, 5] -> 2 ; min(3, 2) = 2
+    assert _group().min_version == 2
+
+
+def test_group_min_version_ignores_empty_responses_and_is_minus_one_when_all_empty():
+    empty = _sample([1], [], [], [], 0.0, finish_reason="stop")
+    full = _sample([1], [4, 4], [-1.0, -1.0], [7, 6], 1.0, finish_reason="stop")
+    # only `full` has tokens: min(7, 6) = 6
+    assert Group(prompt_id="a", prompt="a", samples=[empty, full]).min_version == 6
+    assert Group(prompt_id="a", prompt="a", samples=[empty, empty]).min_version == -1
+
+
+def test_group_rewards_and_num_response_tokens():
+    g = _group()
+    np.testing.assert_array_equal(g.rewards, np.array([1.0, 0.0], dtype=np.float32))
+    assert g.rewards.dtype == np.float32
+    assert g.num_response_tokens == 5  # 2 + 3
+
+
+def test_sample_with_fewer_logprobs_than_response_tokens_raises():
+    with pytest.raises(ValueError, match="3 response tokens but 2 log-probs"):
+        _sample([1], [4, 5, 6], [-1.0, -1.0], [0, 0, 0], 0.0, finish_reason="stop")
+
+
+def test_sample_with_fewer_versions_than_response_tokens_raises():
+    with pytest.raises(ValueError, match="2 versions"):
+        _sample([1], [4, 5, 6], [-1.0, -1.0, -1.0], [0, 0], 0.0, finish_reason="stop")
+
+
+def test_decoding_bytes_of_another_schema_version_raises():
+    d = msgpack.unpackb(encode_group(_group()), raw=False)
+    d["v"] = SCHEMA_VERSION + 1
+    with pytest.raises(ValueError, match="schema version"):
+        decode_group(msgpack.packb(d, use_bin_type=True))
+
+
+def test_decoding_bytes_without_a_schema_version_raises():
+    d = msgpack.unpackb(encode_group(_group()), raw=False)
+    del d["v"]
+    with pytest.raises(ValueError, match="schema version"):
+        decode_group(msgpack.packb(d, use_bin_type=True))
+
+
+def _plain_types_only(obj) -> bool:
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and _plain_types_only(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return all(_plain_types_only(v) for v in obj)
+    return obj is None or isinstance(obj, (bool, int, float, str, bytes))
+
+
+def test_encoded_bytes_are_plain_msgpack_of_builtin_types():
+    data = encode_group(_group())
+    d = msgpack.unpackb(data, raw=False)  # no ext hook, no object_hook: plain msgpack
+    assert _plain_types_only(d)
+    assert d["v"] == SCHEMA_VERSION
+    # an array travels as (dtype string, shape, raw little-endian bytes)
+    arr = d["samples"][0]["response_ids"]
+    assert arr["d"] == np.dtype(np.int32).str
+    assert arr["s"] == [2]
+    assert arr["b"] == np.array([8, 9], dtype=np.int32).tobytes()
+
+
+def test_decode_accepts_a_payload_built_by_hand_with_msgpack():
+    # no pickle anywhere: a consumer only needs msgpack + (dtype, shape, bytes)
+    def arr(values, dtype):
+        a = np.array(values, dtype=dtype)
+        return {"d": a.dtype.str, "s": list(a.shape), "b": a.tobytes()}
+
+    payload = {
+        "v": SCHEMA_VERSION, "prompt_id": "1+1", "prompt": "1+1=", "worker_id": 0, "fields": {"answer": "2"},
+        "samples": [{"prompt_ids": arr([1, 2], np.int32), "response_ids": arr([3], np.int32),
+                     "behaviour_logprobs": arr([-0.5], np.float32), "token_versions": arr([9], np.int32),
+                     "reward": 1.0, "finish_reason": "stop", "reward_details": {}, "gen_seconds": 0.0}],
+    }
+    g = decode_group(msgpack.packb(payload, use_bin_type=True))
+    assert g.fields == {"answer": "2"}
+    assert g.min_version == 9
+    np.testing.assert_array_equal(g.samples[0].response_ids, np.array([3], dtype=np.int32))

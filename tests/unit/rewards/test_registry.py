@@ -1,0 +1,164 @@
+"""Reward registry and the built-in exact_answer reward."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+import rewards.registry as registry
+from rewards import RewardError, register, registered_names, resolve_reward
+from rewards.builtin import exact_answer, normalize_answer
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """A directory on sys.path in which a test writes its own reward module."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def write(source: str) -> str:
+        name = f"reward_plugin_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{name}.py").write_text(source)
+        return name
+
+    return write
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    """Registrations made by the test disappear afterwards."""
+    registry._load_builtins()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+# ---------------------------------------------------------------- exact_answer
+
+
+@pytest.mark.parametrize("completion, answer", [
+    ("19", "19"),
+    (" 19\n", "19"),  # surrounding whitespace stripped
+    ("019", "19"),  # leading zero
+    ("0019", 19),  # answer field given as int -> str(19)
+    ("000", "0"),  # all zeros -> "0"
+    ("-007", "-7"),  # sign kept, zeros after it stripped
+])
+def test_exact_answer_scores_one_for_normalised_match(completion, answer):
+    assert exact_answer("9+10=", completion, answer=answer) == 1.0
+
+
+@pytest.mark.parametrize("completion, answer", [
+    ("190", "19"),  # trailing zero is significant
+    ("1 9", "19"),  # inner whitespace is not stripped
+    ("19 apples", "19"),
+    ("-19", "19"),
+    ("", "0"),
+])
+def test_exact_answer_scores_zero_otherwise(completion, answer):
+    assert exact_answer("9+10=", completion, answer=answer) == 0.0
+
+
+def test_exact_answer_ignores_extra_fields():
+    assert exact_answer("1+1=", "2", answer="2", difficulty=3, source="synthetic") == 1.0
+
+
+def test_normalize_answer_by_hand():
+    assert normalize_answer("  0042 ") == "42"
+    assert normalize_answer("-0042") == "-42"  # sign kept: "-" + "0042".lstrip("0")
+    assert normalize_answer(" abc ") == "abc"  # not an integer: only stripped
+
+
+def test_exact_answer_rejects_doubled_minus_sign():
+    # "--7" is not an integer: only stripped, stays "--7" != "-7" -> 0.0
+    assert exact_answer("3-10=", "--7", answer="-7") == 0.0
+
+
+# ---------------------------------------------------------------- resolve_reward
+
+
+def test_resolve_reward_by_registered_name():
+    assert resolve_reward("exact_answer") is exact_answer
+    assert "exact_answer" in registered_names()
+
+
+def test_resolve_reward_by_dotted_path():
+    assert resolve_reward("rewards.builtin:exact_answer") is exact_answer
+
+
+def test_resolve_reward_by_dotted_path_to_a_plugin_module(plugin_dir):
+    name = plugin_dir("def length_reward(prompt, completion, **fields):\n    return float(len(completion))\n")
+    fn = resolve_reward(f"{name}:length_reward")
+    assert fn("p", "abc", answer="x") == 3.0  # len("abc")
+
+
+def test_resolve_reward_unknown_name_lists_registered_names():
+    with pytest.raises(RewardError) as e:
+        resolve_reward("exact_answr")
+    msg = str(e.value)
+    assert "'exact_answr'" in msg
+    assert "registered names: exact_answer" in msg
+
+
+def test_resolve_reward_missing_module_names_the_module():
+    with pytest.raises(RewardError, match="cannot import module 'no_such_reward_module_xyz'"):
+        resolve_reward("no_such_reward_module_xyz:score")
+
+
+def test_resolve_reward_module_whose_own_import_fails_names_the_module(plugin_dir):
+    name = plugin_dir("import no_such_dependency_xyz\n\ndef score(prompt, completion, **f):\n    return 0.0\n")
+    with pytest.raises(RewardError, match=f"cannot import module '{name}'"):
+        resolve_reward(f"{name}:score")
+
+
+def test_resolve_reward_module_with_syntax_error_raises_reward_error_naming_the_module(plugin_dir):
+    name = plugin_dir("def score(prompt, completion, **f)\n    return 0.0\n")  # missing ':'
+    with pytest.raises(RewardError, match=name):
+        resolve_reward(f"{name}:score")
+
+
+def test_resolve_reward_missing_attribute_raises():
+    with pytest.raises(RewardError, match="has no attribute 'nope'"):
+        resolve_reward("rewards.builtin:nope")
+
+
+def test_resolve_reward_not_callable_raises():
+    with pytest.raises(RewardError, match="not callable"):
+        resolve_reward("math:pi")
+
+
+def test_resolve_reward_function_with_one_positional_arg_raises(plugin_dir):
+    name = plugin_dir("def score(completion):\n    return 1.0\n")
+    with pytest.raises(RewardError, match=r"must accept \(prompt, completion, \*\*fields\)"):
+        resolve_reward(f"{name}:score")
+
+
+def test_resolve_reward_function_with_keyword_only_args_raises(plugin_dir):
+    name = plugin_dir("def score(*, prompt, completion):\n    return 1.0\n")
+    with pytest.raises(RewardError, match="must accept"):
+        resolve_reward(f"{name}:score")
+
+
+def test_resolve_reward_accepts_varargs_function(plugin_dir):
+    name = plugin_dir("def score(*args, **fields):\n    return 0.5\n")
+    assert resolve_reward(f"{name}:score")("p", "c") == 0.5
+
+
+def test_registered_function_with_wrong_signature_raises_on_resolve(isolated_registry):
+    @register("test_one_arg_reward")
+    def one_arg(completion):
+        return 1.0
+
+    with pytest.raises(RewardError, match="test_one_arg_reward"):
+        resolve_reward("test_one_arg_reward")
+
+
+def test_register_same_name_twice_with_another_function_raises(isolated_registry):
+    def first(prompt, completion, **f):
+        return 0.0
+
+    def second(prompt, completion, **f):
+        return 1.0
+
+    register("test_dup_reward")(first)
+    register("test_dup_reward")(first)  # the same function again is fine
+    with pytest.raises(RewardError, match="already registered"):
+        register("test_dup_reward")(second)
+    assert resolve_reward("test_dup_reward") is first
