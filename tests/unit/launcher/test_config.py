@@ -37,13 +37,13 @@ def test_cpu_demo_preset_composes_into_the_typed_schema():
     assert isinstance(cfg, SlipstreamConfig)
     # values from configs/experiment/cpu_demo.yaml
     assert cfg.run.name == "cpu_demo"
-    assert cfg.run.total_steps == 120
+    assert cfg.run.total_steps == 600
     assert cfg.run.max_minutes == 10.0
     assert cfg.rollout.group_size == 8
     assert cfg.rollout.max_new_tokens == 6
     assert cfg.buffer.eta == 2
-    assert cfg.trainer.groups_per_step == 16
-    assert cfg.trainer.lr == pytest.approx(1e-4)
+    assert cfg.trainer.groups_per_step == 32
+    assert cfg.trainer.lr == pytest.approx(2e-4)
     assert isinstance(cfg.trainer.lr, float)  # "1e-4" in YAML, typed by the schema
     # a default the preset does not touch
     assert cfg.trainer.loss.eps_high == pytest.approx(0.28)
