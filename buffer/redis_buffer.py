@@ -37,6 +37,8 @@ return {granted, v}
 """
 
 CONSUMER_GROUP = "trainers"
+# Counters that generators add through push(counters=...) and that stats() reports.
+METRIC_COUNTERS = ("filtered_zero_variance", "skipped_easy_prompts", "too_long_prompts", "reward_errors")
 
 
 class BufferUnavailable(RuntimeError):
@@ -101,8 +103,10 @@ class RedisBuffer:
             args=[self.eta, self.groups_per_step, self.max_in_flight, self.max_buffered, want])
         return int(granted), int(version)
 
-    def push(self, groups: list[Group], released: int = 0, gen_tokens: int = 0) -> None:
-        """Add finished groups and give back `released` reserved slots whose groups were not pushed."""
+    def push(self, groups: list[Group], released: int = 0, gen_tokens: int = 0,
+             counters: dict[str, int] | None = None) -> None:
+        """Add finished groups and give back `released` reserved slots whose groups were not pushed
+        (filtered out, or the generate call failed). `counters` are added to named metric counters."""
         with self.client.pipeline(transaction=True) as p:
             for g in groups:
                 p.xadd(self.key("groups"), {"g": encode_group(g), "v": g.min_version})
@@ -112,6 +116,9 @@ class RedisBuffer:
                 p.incrby(self.key("released"), released)
             if gen_tokens:
                 p.incrby(self.key("gen_tokens"), gen_tokens)
+            for name, value in (counters or {}).items():
+                if value:
+                    p.incrby(self.key(name), value)
             p.execute()
 
     # -- trainer side ----------------------------------------------------------------------------------------
@@ -178,7 +185,7 @@ class RedisBuffer:
         return int(self.client.incr(self.key("version")))
 
     def stats(self) -> dict[str, int]:
-        names = ("version", "accepted", "running", "dropped_stale", "released", "gen_tokens")
+        names = ("version", "accepted", "running", "dropped_stale", "released", "gen_tokens") + METRIC_COUNTERS
         values = self.client.mget([self.key(n) for n in names])
         out = {n: int(v or 0) for n, v in zip(names, values)}
         out["buffered"] = int(self.client.xlen(self.key("groups")))

@@ -100,8 +100,7 @@ def validate(cfg: SlipstreamConfig) -> None:
     need(cfg.trainer.micro_batches >= 1, "trainer.micro_batches must be >= 1")
     need(cfg.trainer.zero_stage in (0, 1, 2, 3), f"trainer.zero_stage={cfg.trainer.zero_stage}: one of 0, 1, 2, 3")
     need(cfg.trainer.lr > 0, "trainer.lr must be > 0")
-    need(cfg.trainer.loss.name in ("decoupled_ppo", "ppo_clip"),
-         f"trainer.loss.name={cfg.trainer.loss.name!r}: one of decoupled_ppo, ppo_clip")
+    _validate_algorithms(cfg, need)
     need(cfg.trainer.weight_transport in ("store",),
          f"trainer.weight_transport={cfg.trainer.weight_transport!r}: available: store")
     need(cfg.trainer.dtype in ("float32", "bfloat16"), "trainer.dtype: float32 or bfloat16")
@@ -109,6 +108,7 @@ def validate(cfg: SlipstreamConfig) -> None:
          f"buffer.max_buffered={cfg.buffer.max_buffered} must hold at least one step "
          f"(trainer.groups_per_step={cfg.trainer.groups_per_step}) and buffer.max_in_flight >= 1")
     need(cfg.task.name == "addition", f"task.name={cfg.task.name!r}: available: addition")
+    need(0.0 < cfg.rollout.max_pass_rate <= 1.0, "rollout.max_pass_rate must be in (0, 1] (1 = no filter)")
     need(cfg.run.eval_every >= 1, "run.eval_every must be >= 1")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
@@ -118,3 +118,21 @@ def validate(cfg: SlipstreamConfig) -> None:
         resolve_reward(cfg.rollout.reward)
     except RewardError as e:
         raise ConfigError(f"rollout.reward: {e}") from e
+
+
+def _validate_algorithms(cfg: SlipstreamConfig, need) -> None:
+    from trainer.losses import AGGREGATIONS, POLICY_LOSSES
+
+    loss, adv = cfg.trainer.loss, cfg.trainer.advantage
+    need(loss.name in POLICY_LOSSES, f"trainer.loss.name={loss.name!r}: one of {', '.join(POLICY_LOSSES)}")
+    need(loss.aggregation in AGGREGATIONS,
+         f"trainer.loss.aggregation={loss.aggregation!r}: one of {', '.join(AGGREGATIONS)}")
+    need(loss.aggregation != "constant" or loss.aggregation_constant > 0,
+         "trainer.loss.aggregation=constant needs trainer.loss.aggregation_constant > 0 (e.g. rollout.max_new_tokens)")
+    need(loss.kl_estimator in ("k1", "k3"), f"trainer.loss.kl_estimator={loss.kl_estimator!r}: one of k1, k3")
+    need(loss.kl_in in ("loss", "reward"), f"trainer.loss.kl_in={loss.kl_in!r}: one of loss, reward")
+    need(loss.kl_coef >= 0 and loss.entropy_coef >= 0, "trainer.loss.kl_coef and entropy_coef must be >= 0")
+    need(loss.dual_clip == 0 or loss.dual_clip > 1, f"trainer.loss.dual_clip={loss.dual_clip}: 0 (off) or > 1")
+    need(adv.name in ("grpo", "rloo", "batch", "gae"),
+         f"trainer.advantage.name={adv.name!r}: one of grpo, rloo, batch, gae")
+    need(adv.batch_center in ("group", "batch"), "trainer.advantage.batch_center: group or batch")

@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 
-from buffer.redis_buffer import PoppedBatch, RedisBuffer
+from buffer.redis_buffer import METRIC_COUNTERS, PoppedBatch, RedisBuffer
 from launcher.config import SlipstreamConfig, validate
 from launcher.metrics import MetricsWriter
 
@@ -192,7 +192,8 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
         "generation_tokens_per_s": round(buffer.stats()["gen_tokens"] / elapsed, 1),
         "trainer_tokens_per_s": round(totals["train_tokens"] / max(totals["train_s"], 1e-9), 1),
         "weight_sync_s_mean": round(totals["sync_s"] / max(step, 1), 4),
-        "groups_dropped_stale": buffer.stats()["dropped_stale"], "eta": cfg.buffer.eta, "workers": worker_stats,
+        "groups_dropped_stale": buffer.stats()["dropped_stale"], "eta": cfg.buffer.eta,
+        "groups_per_step": cfg.trainer.groups_per_step, "workers": worker_stats,
     }
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -215,5 +216,7 @@ def _step_metrics(batch: PoppedBatch, results: list[dict], timers: dict, stats: 
         "gen_tokens_per_s": gen_tokens_per_s, "trainer_tokens": tokens, "trainer_tokens_per_s": tokens / train_s,
         "loss": sum(r["loss"] for r in results), "clip_fraction": avg("clip_fraction"),
         "behaviour_weight_mean": avg("behaviour_weight_mean"), "masked_fraction": avg("masked_fraction"),
-        "logprob_gap": avg("logprob_gap"), "elapsed_s": elapsed, **timers,
+        "logprob_gap": avg("logprob_gap"), "entropy": avg("entropy"), "kl_ref": avg("kl_ref"),
+        **({"value_loss": sum(r["value_loss"] for r in results)} if "value_loss" in results[0] else {}),
+        **{f"{k}_total": stats[k] for k in METRIC_COUNTERS}, "elapsed_s": elapsed, **timers,
     }

@@ -33,6 +33,8 @@ class TinyModelSpec:
     intermediate_size: int = 384
     max_positions: int = 64
     num_digits: int = 2
+    max_operands: int = 2  # > 2: the long-tailed chain variant of the task (rollout.prompts.AdditionTask)
+    operands_decay: float = 0.5
     sft_lr: float = 3e-3
     sft_batch: int = 128
     sft_max_steps: int = 5000
@@ -84,7 +86,7 @@ def _sft_batch(tokenizer, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.no_grad()
-def greedy_success(model, tokenizer, prompts: list[Prompt], max_new_tokens: int = 8) -> float:
+def greedy_success(model, tokenizer, prompts: list[Prompt], max_new_tokens: int) -> float:
     """Greedy exact-answer success with plain transformers (used only to stop the warm start)."""
     from rewards.builtin import exact_answer
 
@@ -101,10 +103,12 @@ def build_tiny_model(out_dir: str, spec: TinyModelSpec | None = None, log=print)
     t0 = time.time()
     tokenizer = build_tokenizer()
     model = build_model(spec, vocab_size=len(tokenizer))
-    task = AdditionTask(num_digits=spec.num_digits, seed=spec.seed + 1_000)
+    task = AdditionTask(num_digits=spec.num_digits, seed=spec.seed + 1_000, max_operands=spec.max_operands,
+                        operands_decay=spec.operands_decay)
     held_out = task.held_out()
+    max_new = task.max_answer_chars() + 1
     opt = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, weight_decay=0.0)
-    success, step = greedy_success(model, tokenizer, held_out), 0
+    success, step = greedy_success(model, tokenizer, held_out, max_new), 0
     while step < spec.sft_max_steps and success < spec.target_success:
         model.train()
         ids, labels = _sft_batch(tokenizer, task.next(spec.sft_batch))
@@ -115,7 +119,7 @@ def build_tiny_model(out_dir: str, spec: TinyModelSpec | None = None, log=print)
         step += 1
         if step % spec.eval_every == 0:
             model.eval()
-            success = greedy_success(model, tokenizer, held_out)
+            success = greedy_success(model, tokenizer, held_out, max_new)
             log(f"warm start step {step}: loss {loss.item():.3f} held-out greedy success {success:.3f}")
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)

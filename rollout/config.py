@@ -21,6 +21,11 @@ class RolloutConfig:
     gpus_per_worker: float = 0.0
     kv_cache_gib: int = 1  # CPU only (VLLM_CPU_KVCACHE_SPACE)
     idle_sleep_s: float = 0.02  # poll interval while the admission guard says no
+    # Filters. Dropped groups give their admission slot back, so generators keep sampling until a batch is full.
+    drop_zero_variance_groups: bool = False  # all rewards equal -> zero GRPO advantage: do not train on it
+    max_pass_rate: float = 1.0  # stop sampling prompts whose pass rate is above this (1.0 = never)
+    pass_rate_min_attempts: int = 16  # ... once they have at least this many attempts
+    pass_threshold: float = 1.0  # a sample with reward >= this counts as a pass in the per-prompt statistics
 
 
 @dataclass
@@ -28,3 +33,5 @@ class TaskConfig:
     name: str = "addition"
     num_digits: int = 2
     held_out_size: int = 256
+    max_operands: int = 2  # > 2: chain of running sums, long-tailed response lengths (needs a model built for it)
+    operands_decay: float = 0.5  # P(k operands) ~ decay^(k-2)

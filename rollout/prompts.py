@@ -1,13 +1,16 @@
 """Prompt sources. A prompt source hands out `Prompt`s; dataset fields ride along to the reward function.
 
-`AdditionTask` is the synthetic verifiable task the tiny-model demo and tests use: "123+45=" -> "168".
-Held-out problems are a fixed set that the training stream never yields, so held-out success measures
-generalisation, not memorisation.
+`AdditionTask` is the synthetic verifiable task the tiny-model demo and tests use: "12+45=" -> "57".
+With `max_operands > 2` it becomes a chain whose answer lists the running sums, "12+45+30=" -> "57,87":
+the number of operands k is drawn with P(k) proportional to operands_decay^(k-2), so response lengths have
+a long tail, as reasoning traces do. Held-out problems are a fixed set that the training stream never
+yields, so held-out success measures generalisation, not memorisation.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 
 @dataclass(frozen=True)
@@ -18,46 +21,60 @@ class Prompt:
 
 
 class AdditionTask:
-    """Sums of two non-negative integers with up to `num_digits` digits each."""
+    """Sums of non-negative integers with up to `num_digits` digits each."""
 
-    def __init__(self, num_digits: int = 2, seed: int = 0, held_out_size: int = 256):
+    def __init__(self, num_digits: int = 2, seed: int = 0, held_out_size: int = 256, max_operands: int = 2,
+                 operands_decay: float = 0.5):
         if num_digits < 1:
             raise ValueError(f"task.num_digits must be >= 1, got {num_digits}")
+        if max_operands < 2 or not 0 < operands_decay <= 1:
+            raise ValueError(f"task.max_operands must be >= 2 (got {max_operands}) and task.operands_decay in "
+                             f"(0, 1] (got {operands_decay})")
         pairs = (10 ** num_digits) ** 2
         if held_out_size > pairs // 2:
             raise ValueError(f"task.held_out_size={held_out_size} is more than half of the {pairs} distinct "
                              f"{num_digits}-digit problems; lower it or raise task.num_digits")
-        self.num_digits = num_digits
-        held_rng = random.Random(f"held-out-{num_digits}")  # same held-out set for every seed and worker
-        self._held_out_pairs: list[tuple[int, int]] = []
-        seen = set()
-        while len(self._held_out_pairs) < held_out_size:
-            pair = self._draw(held_rng)
-            if pair not in seen:
-                seen.add(pair)
-                self._held_out_pairs.append(pair)
+        self.num_digits, self.max_operands = num_digits, max_operands
+        self._k_weights = [operands_decay ** (k - 2) for k in range(2, max_operands + 1)]
+        held_rng = random.Random(f"held-out-{num_digits}-{max_operands}-{operands_decay}" if max_operands > 2
+                                 else f"held-out-{num_digits}")  # same held-out set for every seed and worker
+        self._held_out: list[tuple[int, ...]] = []
+        seen: set[tuple[int, ...]] = set()
+        while len(self._held_out) < held_out_size:
+            problem = self._draw(held_rng)
+            if problem not in seen:
+                seen.add(problem)
+                self._held_out.append(problem)
         self._held_out_set = seen
         self._rng = random.Random(seed)
 
-    def _draw(self, rng: random.Random) -> tuple[int, int]:
+    def _draw(self, rng: random.Random) -> tuple[int, ...]:
         # Draw the digit count first so short and long operands are equally common.
         def operand() -> int:
             d = rng.randint(1, self.num_digits)
             return rng.randrange(10 ** (d - 1) if d > 1 else 0, 10 ** d)
-        return operand(), operand()
+        k = 2 if self.max_operands == 2 else rng.choices(range(2, self.max_operands + 1), self._k_weights)[0]
+        return tuple(operand() for _ in range(k))
 
     @staticmethod
-    def make_prompt(a: int, b: int) -> Prompt:
-        return Prompt(prompt_id=f"{a}+{b}", text=f"{a}+{b}=", fields={"answer": str(a + b)})
+    def make_prompt(*operands: int) -> Prompt:
+        expr = "+".join(map(str, operands))
+        running = list(accumulate(operands))[1:]  # the sums after each '+'
+        return Prompt(prompt_id=expr, text=f"{expr}=", fields={"answer": ",".join(map(str, running))})
+
+    def max_answer_chars(self) -> int:
+        """Longest possible answer in characters: k-1 running sums of up to num_digits+1 digits, commas."""
+        sum_digits = len(str((10 ** self.num_digits - 1) * self.max_operands))
+        return (self.max_operands - 1) * (sum_digits + 1) - 1
 
     def next(self, n: int) -> list[Prompt]:
         """The next n training prompts (never a held-out problem)."""
         out = []
         while len(out) < n:
-            pair = self._draw(self._rng)
-            if pair not in self._held_out_set:
-                out.append(self.make_prompt(*pair))
+            problem = self._draw(self._rng)
+            if problem not in self._held_out_set:
+                out.append(self.make_prompt(*problem))
         return out
 
     def held_out(self) -> list[Prompt]:
-        return [self.make_prompt(a, b) for a, b in self._held_out_pairs]
+        return [self.make_prompt(*p) for p in self._held_out]

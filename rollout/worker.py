@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 from buffer.config import BufferConfig
-from buffer.redis_buffer import RedisBuffer
+from buffer.prompt_stats import PromptStats
+from buffer.redis_buffer import METRIC_COUNTERS, RedisBuffer
 from buffer.schema import Group, Sample
 from rollout.config import RolloutConfig, TaskConfig
 from rollout.prompts import AdditionTask, Prompt
@@ -43,9 +44,11 @@ class RolloutWorker:
         self.worker_id, self.cfg = worker_id, rollout
         self.reward_fn = resolve_reward(rollout.reward)
         self.prompts = AdditionTask(num_digits=task.num_digits, seed=seed * 1_000 + worker_id,
-                                    held_out_size=task.held_out_size)
+                                    held_out_size=task.held_out_size, max_operands=task.max_operands,
+                                    operands_decay=task.operands_decay)
         self.buffer = RedisBuffer(redis_url, prefix=key_prefix, eta=buffer.eta, groups_per_step=groups_per_step,
                                   max_in_flight=buffer.max_in_flight, max_buffered=buffer.max_buffered)
+        self.prompt_stats = PromptStats(self.buffer.client, key_prefix)
         self.engine = VllmEngine(model_path, max_model_len=rollout.max_model_len, seed=seed + worker_id,
                                  dtype=rollout.dtype, gpu_memory_utilization=rollout.gpu_memory_utilization,
                                  tensor_parallel_size=rollout.tensor_parallel_size)
@@ -54,8 +57,8 @@ class RolloutWorker:
         self._pending_lock = threading.Lock()
         self._pending: tuple[int, dict] | None = None
         self._stop = threading.Event()
-        self.counters = {"groups": 0, "samples": 0, "tokens": 0, "too_long_prompts": 0, "reward_errors": 0,
-                         "weight_loads": 0, "weight_load_seconds": 0.0, "gen_seconds": 0.0}
+        self.counters = {"groups": 0, "samples": 0, "tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0,
+                         "gen_seconds": 0.0, **dict.fromkeys(METRIC_COUNTERS, 0)}
 
     # -- called by the trainer / driver -------------------------------------------------------------------
     def receive_weights(self, version: int, named_arrays: dict) -> None:
@@ -92,16 +95,46 @@ class RolloutWorker:
             if granted == 0:
                 time.sleep(self.cfg.idle_sleep_s)
                 continue
-            pushed = []
+            pushed, scored, before = [], [], {k: self.counters[k] for k in METRIC_COUNTERS}
             try:
+                prompts = self._draw_prompts(granted)
                 with self._engine_lock:
                     if version > self.version:  # the trainer stores weights before it bumps the version
                         self._apply_pending_weights()
-                    pushed = self._generate_groups(self.prompts.next(granted))
+                    scored = self._generate_groups(prompts)
+                pushed = self._filter(scored)
             finally:  # a failed call must still give its admission slots back
                 self.buffer.push(pushed, released=granted - len(pushed),
-                                 gen_tokens=sum(g.num_response_tokens for g in pushed))
+                                 gen_tokens=sum(g.num_response_tokens for g in scored),
+                                 counters={k: self.counters[k] - before[k] for k in METRIC_COUNTERS})
         return self.stats()
+
+    def _draw_prompts(self, n: int) -> list[Prompt]:
+        """n prompts from the source, skipping those already solved often enough (max_pass_rate < 1)."""
+        cfg = self.cfg
+        if cfg.max_pass_rate >= 1.0:
+            return self.prompts.next(n)
+        chosen: list[Prompt] = []
+        for _ in range(20):  # bounded: if nearly everything is solved, train on what comes rather than spin
+            candidates = self.prompts.next(n - len(chosen))
+            for p, (attempts, passes) in zip(candidates, self.prompt_stats.get([p.prompt_id for p in candidates])):
+                if attempts >= cfg.pass_rate_min_attempts and passes / attempts > cfg.max_pass_rate:
+                    self.counters["skipped_easy_prompts"] += 1
+                else:
+                    chosen.append(p)
+            if len(chosen) == n:
+                return chosen
+        return chosen + self.prompts.next(n - len(chosen))
+
+    def _filter(self, groups: list[Group]) -> list[Group]:
+        """Record per-prompt pass statistics for every scored group, then drop the groups without signal."""
+        self.prompt_stats.record([(g.prompt_id, len(g.samples), int((g.rewards >= self.cfg.pass_threshold).sum()))
+                                  for g in groups])
+        if not self.cfg.drop_zero_variance_groups:
+            return groups
+        kept = [g for g in groups if len(set(g.rewards.tolist())) > 1]
+        self.counters["filtered_zero_variance"] += len(groups) - len(kept)
+        return kept
 
     def _apply_pending_weights(self) -> None:
         import torch

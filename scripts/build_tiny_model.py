@@ -2,6 +2,7 @@
 """Build the tiny demo/test model locally: char tokenizer + small Qwen2 + short supervised warm start.
 
     python scripts/build_tiny_model.py --out .cache/tiny-model [--target-success 0.3] [--seed 0]
+    python scripts/build_tiny_model.py --out .cache/tiny-model-chain --max-operands 8   # long-tailed lengths
 """
 import argparse
 import json
@@ -16,6 +17,8 @@ def main() -> None:
     ap.add_argument("--out", default=".cache/tiny-model")
     ap.add_argument("--target-success", type=float, default=None)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--max-operands", type=int, default=None,
+                    help="> 2 builds for the long-tailed chain task (task.max_operands in the run config)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the directory holds a model")
     args = ap.parse_args()
     if os.path.exists(os.path.join(args.out, "slipstream_build.json")) and not args.force:
@@ -28,6 +31,8 @@ def main() -> None:
         spec.target_success = args.target_success
     if args.seed is not None:
         spec.seed = args.seed
+    if args.max_operands is not None:
+        spec.max_operands = args.max_operands
     print(json.dumps(build_tiny_model(args.out, spec)))
 
 

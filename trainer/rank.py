@@ -1,11 +1,13 @@
-"""One trainer rank: a DeepSpeed ZeRO engine over the policy, run as a Ray actor.
+"""One trainer rank: DeepSpeed ZeRO engines over the policy (and, when asked, a frozen reference model and a
+value model), run as a Ray actor.
 
-The loss is a function passed in (`trainer.algorithms`); this module only moves tensors, steps the
-optimizer and hands weights to a transport. On CPU DeepSpeed talks gloo; on GPU NCCL.
+The algorithms are pure functions (`trainer.advantages`, `trainer.losses`); this module only moves tensors,
+steps the optimizers and hands weights to a transport. On CPU DeepSpeed talks gloo; on GPU NCCL.
 
 Invariants:
-- one `train_step` call = exactly one optimizer step, whatever the number of micro-batches;
-- proximal log-probs are recomputed with the weights before the step (decoupled PPO needs pi_prox);
+- one `train_step` call = exactly one optimizer step of the policy (and of the critic, if any), whatever the
+  number of micro-batches; every rank steps the same number of micro-batches, even with fewer rows;
+- proximal log-probs, reference log-probs and old values come from the weights before the step;
 - `named_weights` is collective under ZeRO-3 (every rank must call it): parameters are gathered one by one.
 """
 from __future__ import annotations
@@ -17,103 +19,194 @@ from dataclasses import asdict
 import torch
 
 from buffer.schema import decode_group
-from trainer.algorithms import decoupled_ppo_loss, token_logprobs
-from trainer.batch import TrainBatch, build_train_batch
+from trainer.advantages import gae, sequence_advantages
+from trainer.batch import TrainBatch, build_train_batch, last_token_rewards
 from trainer.config import TrainerConfig
+from trainer.losses import (PolicyLossParams, aggregate, kl_estimate, policy_loss, token_entropy, token_logprobs,
+                            value_loss)
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
+class ValueModel(torch.nn.Module):
+    """A causal LM's backbone with a scalar head: V(prefix) at every position. Head starts at zero."""
+
+    def __init__(self, path: str, dtype: torch.dtype):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.backbone = AutoModel.from_pretrained(path, dtype=dtype)
+        self.head = torch.nn.Linear(self.backbone.config.hidden_size, 1, dtype=dtype)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(hidden).squeeze(-1).float()  # [B, T+1]
+
+
 class TrainerRank:
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
                  cfg: TrainerConfig, seed: int):
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
-        use_gpu = cfg.gpus_per_rank > 0
+        self.use_gpu = cfg.gpus_per_rank > 0
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-        if not use_gpu:
+        if not self.use_gpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
             torch.set_num_threads(max(1, int(cfg.cpus_per_rank)))
         import deepspeed
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed + rank)
-        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
-        dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-        model.config.use_cache = False
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                                      weight_decay=cfg.weight_decay)
+        deepspeed.init_distributed(dist_backend="nccl" if self.use_gpu else "gloo")
+        self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
+        policy.config.use_cache = False
+        self.engine = self._deepspeed(policy, cfg.lr)
+        self.ref = None
+        if cfg.loss.kl_coef > 0:  # frozen initial policy; sharded like the policy under ZeRO-3
+            ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype).eval().requires_grad_(False)
+            self.ref = self._deepspeed(ref, None) if cfg.zero_stage == 3 else ref.to(self.engine.device)
+        self.critic = self._deepspeed(ValueModel(model_path, self.dtype), cfg.critic.lr) \
+            if cfg.advantage.name == "gae" else None
+        self.transport = None
+
+    def _deepspeed(self, model: torch.nn.Module, lr: float | None):
+        import deepspeed
+
+        optimizer = None if lr is None else torch.optim.AdamW(
+            model.parameters(), lr=lr, betas=tuple(self.cfg.adam_betas), weight_decay=self.cfg.weight_decay)
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,  # we cut micro-batches ourselves (variable sizes)
-            "gradient_accumulation_steps": cfg.micro_batches,
-            "train_batch_size": cfg.micro_batches * world_size,
-            "gradient_clipping": cfg.grad_clip,
-            "zero_optimization": {"stage": cfg.zero_stage},
-            "bf16": {"enabled": cfg.dtype == "bfloat16"},
+            "gradient_accumulation_steps": self.cfg.micro_batches,
+            "train_batch_size": self.cfg.micro_batches * self.world_size,
+            "gradient_clipping": self.cfg.grad_clip,
+            "zero_optimization": {"stage": self.cfg.zero_stage},
+            "bf16": {"enabled": self.cfg.dtype == "bfloat16"},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
         }
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-        self.transport = None
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        return engine
 
     def set_transport(self, name: str, receivers: list) -> None:
         from trainer.weight_sync import make_transport
 
         self.transport = make_transport(name, receivers)
 
-    def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
+    def _slices(self, n: int) -> list[slice]:
         """Exactly cfg.micro_batches slices (some may be empty), so every rank steps the same number of times."""
-        n, k = batch.input_ids.shape[0], self.cfg.micro_batches
+        k = self.cfg.micro_batches
         bounds = [round(i * n / k) for i in range(k + 1)]
-        return [batch.select(slice(bounds[i], bounds[i + 1])) for i in range(k)]
+        return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
 
-    def _logprobs(self, mb: TrainBatch) -> torch.Tensor:
-        logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits  # [b, T+1, V]
-        return token_logprobs(logits[:, :-1], mb.targets)  # [b, T]
+    def _logits(self, model, mb: TrainBatch) -> torch.Tensor:
+        return model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]  # [b, T, V]
+
+    @torch.no_grad()
+    def _before_step(self, batch: TrainBatch, slices: list[slice]) -> dict[str, torch.Tensor]:
+        """Everything that must come from the weights before the step, for the whole batch: [B, T] each."""
+        out = {"prox": [], "ref": [], "values": []}
+        for sl in slices:
+            mb = batch.select(sl)
+            if not len(mb.rewards):
+                continue
+            out["prox"].append(token_logprobs(self._logits(self.engine, mb), mb.targets))
+            if self.ref is not None:
+                out["ref"].append(token_logprobs(self._logits(self.ref, mb), mb.targets))
+            if self.critic is not None:
+                out["values"].append(self.critic(mb.input_ids, mb.attention_mask)[:, :-1])
+        return {k: torch.cat(v) if v else None for k, v in out.items()}
+
+    def _advantages(self, batch: TrainBatch, before: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token advantages [B, T] (and GAE returns), with the KL penalty folded into rewards if asked."""
+        loss_cfg, adv_cfg, mask = self.cfg.loss, self.cfg.advantage, batch.response_mask
+        kl = kl_estimate(before["prox"], before["ref"], loss_cfg.kl_estimator) * mask \
+            if before["ref"] is not None and loss_cfg.kl_in == "reward" else None
+        if adv_cfg.name == "gae":
+            token_rewards = last_token_rewards(batch, batch.rewards)
+            if kl is not None:
+                token_rewards = token_rewards - loss_cfg.kl_coef * kl
+            return gae(token_rewards, before["values"], mask, gamma=adv_cfg.gamma, lam=adv_cfg.lam)
+        rewards = batch.rewards if kl is None else batch.rewards - loss_cfg.kl_coef * kl.sum(-1)
+        seq_adv = sequence_advantages(rewards, batch.group_ids, name=adv_cfg.name,
+                                      scale_by_std=adv_cfg.scale_by_std, batch_center=adv_cfg.batch_center)
+        return seq_adv[:, None] * mask, None  # [B, T]
 
     def train_step(self, encoded_groups: list[bytes]) -> dict:
         t0 = time.perf_counter()
-        loss_cfg = self.cfg.loss
         groups = [decode_group(g) for g in encoded_groups]
-        batch = build_train_batch(groups, scale_adv_by_std=loss_cfg.scale_adv_by_std)
-        micro = self._micro_batches(batch)
-        # pi_prox: this rank's weights before the step. Plain PPO clip centres on mu instead.
-        with torch.no_grad():
-            prox = [self._logprobs(mb) if mb.input_ids.numel() else None for mb in micro]
-        n_tokens = max(int(batch.response_mask.sum()), 1)
-        totals = {"loss": 0.0, "clip_fraction": 0.0, "behaviour_weight_mean": 0.0, "masked_fraction": 0.0,
-                  "approx_kl": 0.0, "logprob_gap": 0.0}
-        for mb, prox_lp in zip(micro, prox):
-            if prox_lp is None:  # rank got fewer rows than micro-batches: still step to keep ranks in sync
-                loss = sum(p.sum() for p in self.engine.module.parameters()) * 0.0
-            else:
-                logp = self._logprobs(mb)
-                behaviour = mb.behaviour_logp
-                centre = prox_lp if loss_cfg.name == "decoupled_ppo" else behaviour
-                loss, stats = decoupled_ppo_loss(
-                    logp, centre, behaviour, mb.advantages, mb.response_mask, eps_low=loss_cfg.eps_low,
-                    eps_high=loss_cfg.eps_high, max_behaviour_weight=loss_cfg.max_behaviour_weight,
-                    normalizer=n_tokens)
-                share = int(mb.response_mask.sum()) / n_tokens
-                for k, v in asdict(stats).items():
-                    totals[k] += v * share
-                gap = ((prox_lp - behaviour).abs() * mb.response_mask).sum().item()
-                totals["logprob_gap"] += gap / n_tokens
-                totals["loss"] += loss.item()
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"rank {self.rank}: loss is {loss.item()} before the step; the update was "
-                                    f"skipped. Lower trainer.lr or check rewards/advantages for NaN")
-            self.engine.backward(loss, scale_wrt_gas=False)
-            self.engine.step()
-        seconds = time.perf_counter() - t0
-        rewards = [s.reward for g in groups for s in g.samples]
-        lengths = [len(s.response_ids) for g in groups for s in g.samples]
-        return {**totals, "tokens": batch.num_tokens, "response_tokens": n_tokens, "seconds": seconds,
+        batch = build_train_batch(groups)
+        slices = self._slices(len(batch.rewards))
+        before = self._before_step(batch, slices)
+        advantages, returns = self._advantages(batch, before) if before["prox"] is not None else (None, None)
+        totals = self._policy_update(batch, slices, before, advantages)
+        if self.critic is not None:
+            totals["value_loss"] = self._critic_update(batch, slices, before, returns)
+        rewards = batch.rewards.tolist()
+        lengths = batch.response_mask.sum(-1).tolist()
+        return {**totals, "tokens": batch.num_tokens, "seconds": time.perf_counter() - t0,
                 "sequences": len(rewards), "reward_mean": sum(rewards) / max(len(rewards), 1),
                 "response_len_mean": sum(lengths) / max(len(lengths), 1)}
+
+    def _policy_update(self, batch: TrainBatch, slices: list[slice], before: dict, advantages) -> dict:
+        cfg = self.cfg.loss
+        params = PolicyLossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
+                                  max_behaviour_weight=cfg.max_behaviour_weight, tis_cap=cfg.tis_cap)
+        step_tokens = max(int(batch.response_mask.sum()), 1)
+        norm = dict(step_tokens=step_tokens, step_sequences=len(batch.rewards), constant=cfg.aggregation_constant)
+        totals = dict.fromkeys(("loss", "clip_fraction", "behaviour_weight_mean", "masked_fraction", "approx_kl",
+                                "logprob_gap", "entropy", "kl_ref"), 0.0)
+        for sl in slices:
+            mb = batch.select(sl)
+            if not len(mb.rewards):  # this rank has fewer rows than micro-batches: a zero step keeps ranks in step
+                loss = sum(p.sum() for p in self.engine.module.parameters()) * 0.0
+            else:
+                mask, prox = mb.response_mask, before["prox"][sl]
+                logits = self._logits(self.engine, mb)
+                logp = token_logprobs(logits, mb.targets)
+                per_token, stats = policy_loss(cfg.name, logp, prox, mb.behaviour_logp, advantages[sl], mask, params)
+                loss = aggregate(per_token, mask, cfg.aggregation, **norm)
+                share = int(mask.sum()) / step_tokens
+                # entropy is logged every step (cheap next to the forward); it joins the loss only if asked
+                entropy = token_entropy(logits if cfg.entropy_coef > 0 else logits.detach())
+                totals["entropy"] += float((entropy.detach() * mask).sum()) / step_tokens
+                if cfg.entropy_coef > 0:
+                    loss = loss - cfg.entropy_coef * aggregate(entropy, mask, cfg.aggregation, **norm)
+                if self.ref is not None:
+                    kl = kl_estimate(logp, before["ref"][sl], cfg.kl_estimator)
+                    totals["kl_ref"] += float((kl.detach() * mask).sum()) / step_tokens
+                    if cfg.kl_in == "loss":
+                        loss = loss + cfg.kl_coef * aggregate(kl, mask, cfg.aggregation, **norm)
+                for k, v in asdict(stats).items():
+                    totals[k] += v * share
+                # engine-vs-trainer mismatch on the same tokens before any update: first thing to check
+                totals["logprob_gap"] += float(((prox - mb.behaviour_logp).abs() * mask).sum()) / step_tokens
+                totals["loss"] += loss.item()
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"rank {self.rank}: loss is {loss.item()} before the step; the step was not "
+                                    f"taken and the batch stays in the buffer. Lower trainer.lr or check rewards")
+            self.engine.backward(loss, scale_wrt_gas=False)
+            self.engine.step()
+        return totals
+
+    def _critic_update(self, batch: TrainBatch, slices: list[slice], before: dict, returns) -> float:
+        total, step_tokens = 0.0, max(int(batch.response_mask.sum()), 1)
+        for sl in slices:
+            mb = batch.select(sl)
+            if not len(mb.rewards):
+                loss = sum(p.sum() for p in self.critic.module.parameters()) * 0.0
+            else:
+                values = self.critic(mb.input_ids, mb.attention_mask)[:, :-1]  # [b, T]
+                per_token = value_loss(values, before["values"][sl], returns[sl], self.cfg.critic.value_clip)
+                loss = aggregate(per_token, mb.response_mask, "token_mean", step_tokens=step_tokens, step_sequences=1)
+                total += loss.item()
+            self.critic.backward(loss, scale_wrt_gas=False)
+            self.critic.step()
+        return total
 
     def named_weights(self):
         """Yield (Hugging Face name, full tensor); collective under ZeRO-3."""

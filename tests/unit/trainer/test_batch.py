@@ -1,4 +1,5 @@
-"""build_train_batch: layout, padding, shifted response positions and per-group advantages.
+"""build_train_batch: layout, padding, shifted response positions, rewards / group ids, and the advantages and
+last-token rewards computed from them.
 
 Two groups of unequal lengths:
   group A, prompt [11, 12, 13] (P = 3): a0 response [21, 22] reward 1 ; a1 response [23] reward 0
@@ -10,11 +11,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 import torch
 
 from buffer.schema import Group, Sample
-from trainer.batch import build_train_batch
+from trainer.advantages import sequence_advantages
+from trainer.batch import build_train_batch, last_token_rewards
 
 
 def _sample(prompt, response, logprobs, reward) -> Sample:
@@ -38,7 +39,7 @@ def _groups() -> list[Group]:
 
 
 def test_input_ids_are_prompt_then_response_right_padded_with_zero():
-    batch = build_train_batch(_groups(), scale_adv_by_std=False)
+    batch = build_train_batch(_groups())
     expected = torch.tensor([
         [11, 12, 13, 21, 22, 0],
         [11, 12, 13, 23, 0, 0],
@@ -58,21 +59,21 @@ def test_input_ids_are_prompt_then_response_right_padded_with_zero():
 
 
 def test_custom_pad_id_fills_the_padding():
-    batch = build_train_batch(_groups(), scale_adv_by_std=False, pad_id=99)
+    batch = build_train_batch(_groups(), pad_id=99)
     # row 3 (b1): [31, 32, 45] then 6 - 3 = 3 pads
     assert batch.input_ids[3].tolist() == [31, 32, 45, 99, 99, 99]
     assert batch.attention_mask[3].tolist() == [1, 1, 1, 0, 0, 0]
 
 
 def test_targets_are_input_ids_shifted_left_by_one():
-    batch = build_train_batch(_groups(), scale_adv_by_std=False)
+    batch = build_train_batch(_groups())
     assert batch.targets.shape == (5, 5)
     assert batch.targets[0].tolist() == [12, 13, 21, 22, 0]
     assert batch.targets[2].tolist() == [32, 41, 42, 43, 44]
 
 
 def test_response_mask_sits_exactly_at_shifted_positions_p_minus_1_to_p_plus_r_minus_2():
-    batch = build_train_batch(_groups(), scale_adv_by_std=False)
+    batch = build_train_batch(_groups())
     F, T = False, True
     expected = torch.tensor([
         [F, F, T, T, F],  # P = 3, R = 2 -> positions 2 .. 3
@@ -88,7 +89,7 @@ def test_response_mask_sits_exactly_at_shifted_positions_p_minus_1_to_p_plus_r_m
 
 
 def test_behaviour_logp_is_placed_at_response_positions_and_zero_elsewhere():
-    batch = build_train_batch(_groups(), scale_adv_by_std=False)
+    batch = build_train_batch(_groups())
     expected = torch.tensor([
         [0.0, 0.0, -0.5, -0.25, 0.0],
         [0.0, 0.0, -1.0, 0.0, 0.0],
@@ -100,8 +101,23 @@ def test_behaviour_logp_is_placed_at_response_positions_and_zero_elsewhere():
     assert torch.equal(batch.behaviour_logp, expected)
 
 
+def test_rewards_and_group_ids_follow_the_row_order():
+    batch = build_train_batch(_groups())
+    # rows a0, a1 (group 0), b0, b1, b2 (group 1) with rewards 1, 0, 1, 0, 0
+    assert batch.rewards.dtype == torch.float32
+    assert batch.rewards.tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert batch.group_ids.dtype == torch.long
+    assert batch.group_ids.tolist() == [0, 0, 1, 1, 1]
+
+
+def _token_advantages(batch, scale_by_std: bool) -> torch.Tensor:
+    """Sequence advantages from trainer.advantages spread over each row's response positions, as the trainer does."""
+    seq_adv = sequence_advantages(batch.rewards, batch.group_ids, name="grpo", scale_by_std=scale_by_std)  # [B]
+    return seq_adv[:, None] * batch.response_mask  # [B, T]
+
+
 def test_advantages_are_centred_within_each_group_without_std_scaling():
-    batch = build_train_batch(_groups(), scale_adv_by_std=False)
+    batch = build_train_batch(_groups())
     # group A rewards [1, 0]: mean 0.5 -> [0.5, -0.5]
     # group B rewards [1, 0, 0]: mean 1/3 -> [2/3, -1/3, -1/3]
     # (one mean over all five rewards, 2/5, would give [0.6, -0.4, 0.6, -0.4, -0.4] instead)
@@ -113,12 +129,13 @@ def test_advantages_are_centred_within_each_group_without_std_scaling():
         [0.0, b, 0.0, 0.0, 0.0],
         [0.0, b, b, 0.0, 0.0],
     ])
-    assert batch.advantages.dtype == torch.float32
-    torch.testing.assert_close(batch.advantages, expected)
+    advantages = _token_advantages(batch, scale_by_std=False)
+    assert advantages.dtype == torch.float32
+    torch.testing.assert_close(advantages, expected)
 
 
 def test_advantages_are_group_grpo_advantages_with_std_scaling():
-    batch = build_train_batch(_groups(), scale_adv_by_std=True)
+    batch = build_train_batch(_groups())
     # group A: centred [0.5, -0.5], population std 0.5 -> 0.5 / (0.5 + 1e-6) = 0.999998 -> [1, -1] (to 1e-5)
     # group B: centred [2/3, -1/3, -1/3], var = (4/9 + 1/9 + 1/9) / 3 = 2/9, std = sqrt(2)/3
     #          (2/3) / (sqrt(2)/3) = sqrt(2) = 1.4142136 ; (-1/3) / (sqrt(2)/3) = -1/sqrt(2) = -0.7071068
@@ -130,22 +147,51 @@ def test_advantages_are_group_grpo_advantages_with_std_scaling():
         [0.0, b, 0.0, 0.0, 0.0],
         [0.0, b, b, 0.0, 0.0],
     ])
-    torch.testing.assert_close(batch.advantages, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_token_advantages(batch, scale_by_std=True), expected, rtol=0, atol=1e-5)
+
+
+def test_last_token_rewards_sit_on_each_rows_last_response_position():
+    batch = build_train_batch(_groups())
+    # last response position = P - 1 + R - 1 = P + R - 2: a0 3 + 2 - 2 = 3 ; a1 3 + 1 - 2 = 2 ; b0 2 + 4 - 2 = 4
+    #                                                       b1 2 + 1 - 2 = 1 ; b2 2 + 2 - 2 = 2
+    out = last_token_rewards(batch, torch.tensor([0.5, -1.0, 2.0, 3.0, 4.0]))
+    expected = torch.tensor([
+        [0.0, 0.0, 0.0, 0.5, 0.0],
+        [0.0, 0.0, -1.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 0.0, 2.0],
+        [0.0, 3.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 4.0, 0.0, 0.0],
+    ])
+    assert out.dtype == torch.float32
+    assert torch.equal(out, expected)
+    # each row's sum is its reward: exactly one position carries it
+    assert out.sum(-1).tolist() == [0.5, -1.0, 2.0, 3.0, 4.0]
+
+
+def test_last_token_rewards_leave_an_empty_response_row_at_zero():
+    # prompt [11, 12, 13] with response [21, 22] (last position 3) and with no response at all
+    group = Group(prompt_id="e", prompt="e", samples=[
+        _sample([11, 12, 13], [21, 22], [-0.5, -0.5], 1.0),
+        _sample([11, 12, 13], [], [], 5.0),
+    ])
+    batch = build_train_batch([group])
+    out = last_token_rewards(batch, batch.rewards)
+    assert out.tolist() == [[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
 
 
 def test_num_tokens_counts_real_tokens():
-    batch = build_train_batch(_groups(), scale_adv_by_std=False)
+    batch = build_train_batch(_groups())
     assert batch.num_tokens == 22  # 5 + 4 + 6 + 3 + 4
 
 
 def test_select_takes_the_same_rows_of_every_field():
-    batch = build_train_batch(_groups(), scale_adv_by_std=False)
+    batch = build_train_batch(_groups())
     sub = batch.select(slice(1, 3))  # rows a1, b0
     assert sub.input_ids.tolist() == [[11, 12, 13, 23, 0, 0], [31, 32, 41, 42, 43, 44]]
     assert sub.attention_mask.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]
     assert sub.targets.tolist() == [[12, 13, 23, 0, 0], [32, 41, 42, 43, 44]]
     assert sub.response_mask.tolist() == [[False, False, True, False, False], [False, True, True, True, True]]
     assert sub.behaviour_logp.tolist() == [[0.0, 0.0, -1.0, 0.0, 0.0], [0.0, -0.125, -0.375, -0.625, -0.875]]
-    assert sub.advantages[0].tolist() == [0.0, 0.0, -0.5, 0.0, 0.0]
-    assert sub.advantages[1].tolist() == pytest.approx([0.0, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
+    assert sub.rewards.tolist() == [0.0, 1.0]
+    assert sub.group_ids.tolist() == [0, 1]
     assert sub.num_tokens == 10  # 4 + 6
