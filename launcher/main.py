@@ -68,7 +68,8 @@ def _start_ray(cfg: SlipstreamConfig, cleanup: contextlib.ExitStack) -> None:
     else:
         # A laptop may have fewer cores than the parts ask for: oversubscribe rather than wait forever.
         wanted = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.trainer.num_ranks * cfg.trainer.cpus_per_rank
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
+        # address="local": always a private instance, never one that another job on this machine started
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
                  log_to_driver=False, logging_level=logging.WARNING)
     cleanup.callback(ray.shutdown)
 

@@ -2,7 +2,7 @@
 """Build the tiny demo/test model locally: char tokenizer + small Qwen2 + short supervised warm start.
 
     python scripts/build_tiny_model.py --out .cache/tiny-model [--target-success 0.3] [--seed 0]
-    python scripts/build_tiny_model.py --out .cache/tiny-model-chain --max-operands 8   # long-tailed lengths
+    python scripts/build_tiny_model.py --out .cache/tiny-model-chain --max-operands 5 --target-success 0.15
 """
 import argparse
 import json

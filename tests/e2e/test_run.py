@@ -25,10 +25,17 @@ def train_cmd(run_dir: str, model: str, *overrides: str) -> list[str]:
             f"model.path={model}", f"hydra.run.dir={run_dir}", "run.tensorboard=true", *overrides]
 
 
-def run_job(run_dir, model, *overrides, timeout=600) -> tuple[dict, list[dict]]:
-    proc = subprocess.run(train_cmd(str(run_dir), model, *overrides), cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+def run_job(run_dir, model, *overrides, timeout=1500) -> tuple[dict, list[dict]]:
+    """Run the job in its own session; on timeout stop the whole group (driver, Ray, engines, Redis)."""
+    proc = subprocess.Popen(train_cmd(str(run_dir), model, *overrides), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        pytest.fail(f"run did not finish within {timeout}s:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-3000:] + err[-5000:]
     with open(run_dir / "summary.json") as f:
         summary = json.load(f)
     with open(run_dir / "metrics.jsonl") as f:
@@ -59,11 +66,29 @@ def test_synchronous_eta0_runs_through_the_same_code(tmp_path, tiny_model_path):
     assert summary["groups_dropped_stale"] == 0
 
 
-def test_two_rank_zero3_trainer_syncs_gathered_weights(tmp_path, tiny_model_path):
+def test_two_rank_zero3_trainer_syncs_gathered_weights_with_sharded_reference(tmp_path, tiny_model_path):
     summary, steps = run_job(tmp_path, tiny_model_path, "run.total_steps=5", "run.eval_every=5",
-                             "trainer.num_ranks=2", "trainer.zero_stage=3", "trainer.micro_batches=2")
+                             "trainer.num_ranks=2", "trainer.zero_stage=3", "trainer.micro_batches=2",
+                             "trainer.loss.kl_coef=0.01")
     assert summary["steps"] == 5
     assert summary["workers"][0]["weight_loads"] >= 4
+    trained = [s for s in steps if s["step"] > 0]
+    # the reference is the initial policy: KL starts at zero and becomes positive as the policy moves
+    assert trained[0]["kl_ref"] == pytest.approx(0.0, abs=1e-4)
+    assert trained[-1]["kl_ref"] > 0
+
+
+def test_critic_kl_entropy_and_filters_run_end_to_end(tmp_path, tiny_model_path):
+    summary, steps = run_job(tmp_path, tiny_model_path, "run.total_steps=4", "run.eval_every=4",
+                             "trainer.advantage.name=gae", "trainer.loss.kl_coef=0.01", "trainer.loss.kl_in=reward",
+                             "trainer.loss.entropy_coef=0.001", "trainer.loss.name=cispo",
+                             "trainer.loss.aggregation=seq_mean_token_mean", "rollout.drop_zero_variance_groups=true",
+                             "rollout.max_pass_rate=0.5", "rollout.pass_rate_min_attempts=1")
+    assert summary["steps"] == 4
+    last = steps[-1]
+    assert last["value_loss"] > 0 and last["entropy"] > 0
+    # with 2-digit addition at ~30% success many groups are all-wrong or all-right
+    assert last["filtered_zero_variance_total"] > 0
 
 
 def _services() -> set[int]:
