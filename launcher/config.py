@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from buffer.config import BufferConfig
+from rewards.config import RewardConfig
 from rollout.config import RolloutConfig, TaskConfig
 from trainer.config import TrainerConfig
 
@@ -42,6 +43,7 @@ class SlipstreamConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 def register_configs() -> None:
@@ -112,12 +114,12 @@ def validate(cfg: SlipstreamConfig) -> None:
     need(cfg.run.eval_every >= 1, "run.eval_every must be >= 1")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
-    from rewards import RewardError, resolve_reward
+    from rewards import RewardError, check_config
 
     try:
-        resolve_reward(cfg.rollout.reward)
+        check_config(cfg.reward)  # imports and checks every reward; starts nothing
     except RewardError as e:
-        raise ConfigError(f"rollout.reward: {e}") from e
+        raise ConfigError(str(e)) from e
 
 
 def _validate_algorithms(cfg: SlipstreamConfig, need) -> None:

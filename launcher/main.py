@@ -81,8 +81,8 @@ def _start_workers(cfg: SlipstreamConfig, redis_url: str, prefix: str, cleanup: 
 
     actor = ray.remote(RolloutWorker).options(num_cpus=cfg.rollout.cpus_per_worker,
                                               num_gpus=cfg.rollout.gpus_per_worker, max_concurrency=4)
-    workers = [actor.remote(i, os.path.abspath(cfg.model.path), cfg.rollout, cfg.task, cfg.buffer, redis_url,
-                            prefix, cfg.trainer.groups_per_step, cfg.run.seed)
+    workers = [actor.remote(i, os.path.abspath(cfg.model.path), cfg.rollout, cfg.task, cfg.buffer, cfg.reward,
+                            redis_url, prefix, cfg.trainer.groups_per_step, cfg.run.seed)
                for i in range(cfg.rollout.num_workers)]
     cleanup.callback(_stop_workers, workers)
     return workers

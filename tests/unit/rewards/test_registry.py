@@ -7,6 +7,7 @@ import pytest
 
 import rewards.registry as registry
 from rewards import RewardError, register, registered_names, resolve_reward
+from rewards.registry import ENTRY_POINT_GROUP, entry_point_names, is_async, is_batched, is_cpu_heavy
 from rewards.builtin import exact_answer, normalize_answer
 
 
@@ -162,3 +163,109 @@ def test_register_same_name_twice_with_another_function_raises(isolated_registry
     with pytest.raises(RewardError, match="already registered"):
         register("test_dup_reward")(second)
     assert resolve_reward("test_dup_reward") is first
+
+
+# ---------------------------------------------------------------- entry points (hand-written dist-info)
+
+
+@pytest.fixture
+def site_dir(tmp_path, monkeypatch):
+    """A directory on sys.path holding installed-package metadata written by hand (what pip writes)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def install(dist: str, module_source: str, entry_points: dict[str, str]) -> str:
+        module = f"{dist.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+        (site / f"{module}.py").write_text(module_source)
+        info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        lines = [f"{name} = {module}:{attr}" for name, attr in entry_points.items()]
+        (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n" + "\n".join(lines) + "\n")
+        return module
+
+    return install
+
+
+def test_resolve_reward_by_entry_point_of_an_installed_package(site_dir):
+    site_dir("demo-rewards", "def score(prompt, completion, **fields):\n    return 0.75\n", {"demo_score": "score"})
+    assert "demo_score" in entry_point_names()
+    fn = resolve_reward("demo_score")
+    assert fn("p", "c") == 0.75
+
+
+def test_unknown_name_lists_installed_entry_points(site_dir):
+    site_dir("demo-rewards", "def score(prompt, completion, **fields):\n    return 0.75\n", {"demo_score": "score"})
+    with pytest.raises(RewardError, match=f"entry points in group '{ENTRY_POINT_GROUP}': .*demo_score"):
+        resolve_reward("demo_scor")
+
+
+def test_entry_point_that_fails_to_load_names_the_package(site_dir):
+    site_dir("broken-rewards", "import no_such_dependency_xyz\n", {"broken_score": "score"})
+    with pytest.raises(RewardError, match="of package broken-rewards fails to load .*no_such_dependency_xyz"):
+        resolve_reward("broken_score")
+
+
+def test_entry_point_with_wrong_signature_raises(site_dir):
+    site_dir("one-arg-rewards", "def score(completion):\n    return 1.0\n", {"one_arg_score": "score"})
+    with pytest.raises(RewardError, match="must accept"):
+        resolve_reward("one_arg_score")
+
+
+def test_two_packages_claiming_one_entry_point_name_raise(site_dir):
+    site_dir("first-rewards", "def score(prompt, completion, **f):\n    return 0.0\n", {"shared_name": "score"})
+    site_dir("second-rewards", "def score(prompt, completion, **f):\n    return 1.0\n", {"shared_name": "score"})
+    with pytest.raises(RewardError, match="several installed entry points"):
+        resolve_reward("shared_name")
+
+
+def test_registered_name_wins_over_an_entry_point_of_the_same_name(site_dir):
+    site_dir("shadow-rewards", "def score(prompt, completion, **f):\n    return 0.5\n", {"exact_answer": "score"})
+    assert resolve_reward("exact_answer") is exact_answer
+
+
+# ---------------------------------------------------------------- traits
+
+
+def test_register_flags_become_attributes(isolated_registry):
+    def check(kwargs):
+        pass
+
+    @register("test_batched_heavy", batched=True, cpu_heavy=True, check_kwargs=check)
+    def scores(prompts, completions, **fields):
+        return [0.0] * len(prompts)
+
+    assert is_batched(scores) and is_cpu_heavy(scores) and scores.check_kwargs is check
+    assert not is_batched(exact_answer) and not is_cpu_heavy(exact_answer)
+
+
+def test_traits_set_as_plain_attributes_without_slipstream(plugin_dir):
+    name = plugin_dir("def score(prompts, completions, **f):\n    return [1.0] * len(prompts)\n"
+                      "score.batched = True\nscore.cpu_heavy = True\n")
+    fn = resolve_reward(f"{name}:score")
+    assert is_batched(fn) and is_cpu_heavy(fn)
+
+
+def test_truthy_non_bool_attribute_is_no_mark(plugin_dir):
+    name = plugin_dir("def score(prompt, completion, **f):\n    return 1.0\nscore.batched = 'yes'\n")
+    assert not is_batched(resolve_reward(f"{name}:score"))
+
+
+def test_is_async_detects_coroutine_functions_and_callables(plugin_dir):
+    name = plugin_dir("async def score(prompt, completion, **f):\n    return 1.0\n"
+                      "class Judge:\n    async def __call__(self, prompt, completion, **f):\n        return 1.0\n"
+                      "judge = Judge()\n")
+    assert is_async(resolve_reward(f"{name}:score"))
+    assert is_async(resolve_reward(f"{name}:judge"))
+    assert not is_async(exact_answer)
+
+
+def test_dotted_path_to_a_method_of_a_class(plugin_dir):
+    name = plugin_dir("class Scores:\n    @staticmethod\n    def length(prompt, completion, **f):\n"
+                      "        return float(len(completion))\n")
+    assert resolve_reward(f"{name}:Scores.length")("p", "abcd") == 4.0
+
+
+def test_builtins_are_registered():
+    assert {"exact_answer", "format", "length_penalty", "math", "python_tests"} <= set(registered_names())

@@ -1,0 +1,210 @@
+"""Code execution against test cases in the real sandbox: limits, clean environment, scratch directory,
+network isolation, and the fallback (with its warning) where the OS refuses a network namespace."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from rewards import RewardConfig, RewardSpec, SandboxConfig, build_scorer
+from rewards.code_tests import extract_code, python_tests
+from rewards.sandbox import Case, probe_network_isolation, run_cases
+
+pytestmark = pytest.mark.integration
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FAST = SandboxConfig(cpu_seconds=1.0, wall_seconds=4.0, memory_mb=256, output_bytes=10_000)
+
+
+def statuses(run):
+    return [c.status for c in run.cases]
+
+
+# ---------------------------------------------------------------- python_tests on real cases
+
+ADD_OK = "Here is my solution:\n```python\ndef add(a, b):\n    return a + b\n```\n"
+ADD_WRONG = "```python\ndef add(a, b):\n    return a - b\n```"
+ADD_TESTS = ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0"]
+ECHO_DOUBLE = "```python\nn = int(input())\nprint(n * 2)\n```"
+
+
+def test_python_tests_assert_style():
+    assert python_tests("q", ADD_OK, tests=ADD_TESTS, sandbox=FAST).score == 1.0
+    wrong = python_tests("q", ADD_WRONG, tests=ADD_TESTS, sandbox=FAST)  # a - b passes only add(0, 0)
+    assert wrong.score == pytest.approx(1 / 3)
+    assert wrong.info["passed"] == 1 and wrong.info["statuses"] == {"error": 2, "passed": 1}
+    assert python_tests("q", ADD_WRONG, tests=ADD_TESTS, partial=False, sandbox=FAST).score == 0.0
+
+
+def test_python_tests_stdin_stdout_style_in_both_layouts():
+    cases = [{"input": "2\n", "output": "4\n"}, {"input": "-5", "output": "-10"}, {"input": "1", "output": "3"}]
+    assert python_tests("q", ECHO_DOUBLE, test_cases=cases, sandbox=FAST).score == pytest.approx(2 / 3)
+    columns = {"inputs": ["2", "21"], "outputs": ["4", "42  \n\n"]}  # trailing whitespace is ignored
+    assert python_tests("q", ECHO_DOUBLE, test_cases=columns, sandbox=FAST).score == 1.0
+
+
+def test_python_tests_accepts_apps_json_and_a_single_test_string():
+    apps = json.dumps({"inputs": ["3\n"], "outputs": ["6\n"]})
+    assert python_tests("q", ECHO_DOUBLE, test_cases=apps, sandbox=FAST).score == 1.0
+    assert python_tests("q", ADD_OK, tests="assert add(2, 2) == 4", sandbox=FAST).score == 1.0
+
+
+def test_python_tests_without_tests_raises():
+    with pytest.raises(ValueError, match="needs a `tests` or `test_cases` field"):
+        python_tests("q", ADD_OK, sandbox=FAST)
+
+
+def test_extract_code_takes_the_last_block_or_everything():
+    assert extract_code("a\n```python\nx = 1\n```\nthen\n```py\nx = 2\n```") == "x = 2\n"
+    assert extract_code("```\nbare = True\n```") == "bare = True\n"
+    assert extract_code("print(1)") == "print(1)"
+
+
+def test_python_tests_through_the_scorer_runs_in_the_pool():
+    cfg = RewardConfig(rewards=[RewardSpec("python_tests", timeout_s=15.0)], sandbox=FAST)
+    with build_scorer(cfg) as scorer:
+        [group] = scorer.score_groups([("write add", [ADD_OK, ADD_WRONG, "no code at all"], {"tests": ADD_TESTS})])
+        assert [s.reward for s in group.samples] == pytest.approx([1.0, 1 / 3, 0.0])
+        assert group.samples[0].details["info"]["python_tests"]["total"] == 3
+        assert scorer._pool is not None
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_each_limit_gives_its_status():
+    run = run_cases([
+        Case("while True:\n    pass"),  # CPU time
+        Case("x = bytearray(512 * 2**20)"),  # address space (256 MB)
+        Case("while True:\n    print('y' * 1000)"),  # output file size
+        Case("print(input())", stdin="hello", expected_stdout="hello"),
+    ], FAST)
+    assert statuses(run) == ["cpu_limit", "memory_limit", "output_limit", "passed"]
+    assert "MemoryError" in run.cases[1].stderr_tail
+
+
+def test_wall_clock_budget_kills_a_sleeper_and_skips_the_rest():
+    run = run_cases([Case("import time\ntime.sleep(60)"), Case("print(1)", expected_stdout="1")],
+                    SandboxConfig(wall_seconds=1.0))
+    assert statuses(run) == ["wall_timeout", "not_run"]
+    assert run.cases[0].seconds < 3.0
+
+
+def test_exiting_early_does_not_pass_the_asserts():
+    sneaky = "import os\nos._exit(0)\ndef add(a, b):\n    return 0"
+    run = run_cases([Case(sneaky, test="assert add(1, 2) == 3"),
+                     Case("import sys\nsys.exit(0)", test="assert False")], FAST)
+    assert statuses(run) == ["error", "error"]
+
+
+def test_a_stdin_stdout_program_may_exit_zero():
+    run = run_cases([Case("print(7)\nraise SystemExit(0)", expected_stdout="7"),
+                     Case("print(7)\nraise SystemExit(2)", expected_stdout="7")], FAST)
+    assert statuses(run) == ["passed", "error"]
+
+
+def test_background_processes_are_killed_with_their_case(tmp_path):
+    marker = tmp_path / "still_running"
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text(f"import time\ntime.sleep(1.5)\nopen({str(marker)!r}, 'w').close()\n")
+    code = f"import subprocess, sys\nsubprocess.Popen([sys.executable, {str(sleeper)!r}])\nprint('started')"
+    run = run_cases([Case(code, expected_stdout="started")], FAST)
+    assert statuses(run) == ["passed"]
+    time.sleep(2.5)
+    assert not marker.exists()  # the background child was killed with the case's process group
+
+
+# ---------------------------------------------------------------- environment and scratch directory
+
+
+def test_no_inherited_secrets_in_the_environment(monkeypatch):
+    monkeypatch.setenv("SLIPSTREAM_TEST_API_KEY", "sk-secret")
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    code = "import os\nprint(sorted(os.environ))"
+    run = run_cases([Case(code, expected_stdout="['HOME', 'LANG', 'PATH', 'TMPDIR']")], FAST)
+    assert statuses(run) == ["passed"]
+
+
+def test_code_runs_in_a_fresh_scratch_directory_that_is_removed():
+    code = ("import os\nassert os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR']\n"
+            "assert sorted(f for f in os.listdir('.') if not f.startswith('case')) == []\n"
+            "open('left_behind.txt', 'w').write('x')\nprint(os.getcwd())")
+    run = run_cases([Case(code)], FAST)
+    assert statuses(run) == ["passed"]
+    # the directory is gone afterwards: a second run cannot see the first one's file
+    again = run_cases([Case("import os\nassert not os.path.exists('left_behind.txt')")], FAST)
+    assert statuses(again) == ["passed"]
+
+
+# ---------------------------------------------------------------- network
+
+
+def test_network_isolation_matches_what_the_probe_detects():
+    isolated, note = probe_network_isolation()
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    try:
+        code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).close()\nprint('connected')"
+        run = run_cases([Case(code, expected_stdout="connected")], FAST)
+    finally:
+        server.close()
+    assert run.network_isolated == isolated and run.network_note == note
+    if isolated:  # in a fresh network namespace even loopback is down
+        assert statuses(run) == ["error"] and "Network is unreachable" in run.cases[0].stderr_tail
+    else:
+        assert statuses(run) == ["passed"]
+
+
+FALLBACK_SCRIPT = textwrap.dedent('''
+    import json, logging, sys
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    from rewards import RewardConfig, RewardError, RewardSpec, SandboxConfig, build_scorer
+    from rewards.sandbox import Case, probe_network_isolation, run_cases
+    probe = probe_network_isolation()
+    run = run_cases([Case("print(6 * 7)", expected_stdout="42")])
+    try:
+        build_scorer(RewardConfig(rewards=[RewardSpec("python_tests", timeout_s=20.0)],
+                                  sandbox=SandboxConfig(require_network_isolation=True)))
+        refused = ""
+    except RewardError as e:
+        refused = str(e)
+    print(json.dumps({"probe": probe, "isolated": run.network_isolated, "note": run.network_note,
+                      "status": run.cases[0].status, "refused": refused}))
+''')
+
+
+def test_fallback_when_the_os_refuses_a_network_namespace():
+    """Run the sandbox inside a user namespace whose namespace limits are 0: the kernel itself refuses
+    unshare(CLONE_NEWNET) there (ENOSPC), as on a host that forbids it. Nothing is faked."""
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux `unshare` is not installed")
+    limits = "echo 0 > /proc/sys/user/max_net_namespaces && echo 0 > /proc/sys/user/max_user_namespaces"
+    trial = subprocess.run(["unshare", "-Ur", "sh", "-c", limits], capture_output=True, text=True)
+    if trial.returncode != 0:
+        pytest.skip(f"cannot build a restricted user namespace here: {trial.stderr.strip()}")
+    proc = subprocess.run(["unshare", "-Ur", "sh", "-c", f'{limits} && exec "$0" -c "$1"', sys.executable,
+                           FALLBACK_SCRIPT], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["probe"][0] is False and "No space left on device" in result["probe"][1]
+    assert result["isolated"] is False and "unshare(CLONE_NEWNET)" in result["note"]
+    assert result["status"] == "passed"  # the code still ran
+    assert "WARNING slipstream.rewards sandbox: generated code runs WITHOUT network isolation" in proc.stderr
+    assert proc.stderr.count("WITHOUT network isolation") == 1  # once per process, not per run
+    assert "require_network_isolation is true but this machine cannot isolate the network" in result["refused"]
+
+
+def test_require_network_isolation_passes_where_it_is_available():
+    isolated, _ = probe_network_isolation()
+    cfg = RewardConfig(rewards=[RewardSpec("python_tests", timeout_s=20.0)],
+                       sandbox=SandboxConfig(require_network_isolation=True))
+    if not isolated:
+        pytest.skip("this machine cannot isolate the network (covered by the fallback test)")
+    build_scorer(cfg).close()
