@@ -1,29 +1,81 @@
-"""Per-prompt pass statistics in Redis, shared by every rollout worker (and later the allocator).
+"""Per-prompt statistics in Redis, shared by every rollout worker, the trainer and the allocator.
 
-One hash `<prefix>:prompt_stats` with fields `<prompt id>|a` (attempts) and `<prompt id>|p` (passes); updates
-are HINCRBY in one pipeline, so concurrent workers on any node add up exactly.
+One hash per prompt, `<prefix>:ps:<prompt id>`, with fields
+  a, p   attempts and passes, recency-weighted: each update first multiplies both by `decay`, so they follow
+         the improving policy (decay = 1 keeps plain counts);
+  n      plain attempts (never decayed: "has this prompt been seen");
+  g, gv  an exponential moving average of the prompt's gradient-norm estimate, and the policy version that
+         wrote it last (its age in versions is a metric).
+Each update is one Lua script per batch, so concurrent writers on any node never lose an increment.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+_RECORD_LUA = """
+local decay = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local a = tonumber(redis.call('HGET', key, 'a') or '0')
+  local p = tonumber(redis.call('HGET', key, 'p') or '0')
+  local base = 1 + (i - 1) * 2
+  redis.call('HSET', key, 'a', tostring(a * decay + tonumber(ARGV[base + 1])),
+                          'p', tostring(p * decay + tonumber(ARGV[base + 2])))
+  redis.call('HINCRBY', key, 'n', tonumber(ARGV[base + 1]))
+end
+return #KEYS
+"""
+
+_GRAD_LUA = """
+local mix, version = tonumber(ARGV[1]), ARGV[2]
+for i, key in ipairs(KEYS) do
+  local g = redis.call('HGET', key, 'g')
+  local new = tonumber(ARGV[2 + i])
+  if g then new = (1 - mix) * tonumber(g) + mix * new end
+  redis.call('HSET', key, 'g', tostring(new), 'gv', version)
+end
+return #KEYS
+"""
+
+
+@dataclass(frozen=True)
+class PromptStat:
+    attempts: float = 0.0  # recency-weighted
+    passes: float = 0.0  # recency-weighted
+    seen: int = 0  # plain attempts
+    grad_norm: float | None = None  # None: no estimate yet
+    grad_version: int = -1  # policy version of the last gradient-norm update; -1: none
+
 
 class PromptStats:
-    def __init__(self, client, prefix: str):
-        self.client, self.key = client, f"{prefix}:prompt_stats"
+    def __init__(self, client, prefix: str, decay: float = 1.0, grad_mix: float = 0.5):
+        if not 0 < decay <= 1 or not 0 < grad_mix <= 1:
+            raise ValueError(f"decay and grad_mix must be in (0, 1], got {decay}, {grad_mix}")
+        self.client, self.prefix, self.decay, self.grad_mix = client, prefix, decay, grad_mix
+        self._record = client.register_script(_RECORD_LUA)
+        self._grad = client.register_script(_GRAD_LUA)
+
+    def _key(self, prompt_id: str) -> str:
+        return f"{self.prefix}:ps:{prompt_id}"
 
     def record(self, results: list[tuple[str, int, int]]) -> None:
         """results: (prompt id, attempts, passes) per scored group."""
-        if not results:
-            return
-        with self.client.pipeline(transaction=False) as p:
-            for prompt_id, attempts, passes in results:
-                p.hincrby(self.key, f"{prompt_id}|a", attempts)
-                p.hincrby(self.key, f"{prompt_id}|p", passes)
-            p.execute()
+        if results:
+            args = [self.decay] + [x for _, a, p in results for x in (a, p)]
+            self._record(keys=[self._key(pid) for pid, _, _ in results], args=args)
+
+    def record_grad_norms(self, norms: dict[str, float], version: int) -> None:
+        """Written by the trainer for the prompts it trained on: EMA with weight grad_mix on the new value."""
+        if norms:
+            self._grad(keys=[self._key(pid) for pid in norms], args=[self.grad_mix, version, *norms.values()])
+
+    def get_stats(self, prompt_ids: list[str]) -> list[PromptStat]:
+        with self.client.pipeline(transaction=False) as pipe:
+            for pid in prompt_ids:
+                pipe.hmget(self._key(pid), "a", "p", "n", "g", "gv")
+            rows = pipe.execute()
+        return [PromptStat(float(a or 0), float(p or 0), int(n or 0), float(g) if g is not None else None,
+                           int(gv) if gv is not None else -1) for a, p, n, g, gv in rows]
 
     def get(self, prompt_ids: list[str]) -> list[tuple[int, int]]:
-        """(attempts, passes) per prompt id; (0, 0) for a prompt never seen."""
-        if not prompt_ids:
-            return []
-        fields = [f"{pid}|{k}" for pid in prompt_ids for k in ("a", "p")]
-        values = [int(v or 0) for v in self.client.hmget(self.key, fields)]
-        return list(zip(values[0::2], values[1::2]))
+        """(plain attempts, passes) per prompt; (0, 0) for a prompt never seen. Passes are exact when decay = 1."""
+        return [(s.seen, round(s.passes)) for s in self.get_stats(prompt_ids)]

@@ -1,7 +1,7 @@
 """Typed configuration of the rollout side (the `rollout:` and `task:` sections)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -34,3 +34,17 @@ class TaskConfig:
     held_out_size: int = 256
     max_operands: int = 2  # > 2: chain of running sums, long-tailed response lengths (needs a model built for it)
     operands_decay: float = 0.5  # P(k operands) ~ decay^(k-2)
+
+
+@dataclass
+class GvmConfig:
+    """Gradient-variance-aware allocation (rollout.allocation=gvm); see rollout/allocation.py and docs."""
+    alpha: float = 1e-3  # paper default
+    beta: float = 2.0  # paper default
+    n_min: int = 2  # GRPO-style advantages need >= 2 samples per group
+    n_max: int = 32
+    prior_a: float = 1.0  # Beta prior on the pass rate: a prompt never seen solved still gets explored
+    prior_b: float = 1.0
+    pilot_size: int = 4  # samples for a prompt never seen; trained on like any other group
+    decay: float = 0.9  # recency weight of pass statistics per update
+    grad_mix: float = 0.5  # EMA weight of a new gradient-norm estimate

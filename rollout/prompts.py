@@ -24,7 +24,7 @@ class AdditionTask:
     """Sums of non-negative integers with up to `num_digits` digits each."""
 
     def __init__(self, num_digits: int = 2, seed: int = 0, held_out_size: int = 256, max_operands: int = 2,
-                 operands_decay: float = 0.5):
+                 operands_decay: float = 0.5, pool_size: int = 0, pool_seed: int = 0):
         if num_digits < 1:
             raise ValueError(f"task.num_digits must be >= 1, got {num_digits}")
         if max_operands < 2 or not 0 < operands_decay <= 1:
@@ -47,6 +47,17 @@ class AdditionTask:
                 self._held_out.append(problem)
         self._held_out_set = seen
         self._rng = random.Random(seed)
+        # pool_size > 0: a fixed training set (the same for every worker: pool_seed), visited in a fresh random
+        # order each epoch, so prompts recur and per-prompt statistics mean something.
+        self._pool: list[tuple[int, ...]] = []
+        if pool_size > 0:
+            pool_rng, members = random.Random(f"pool-{pool_seed}"), set()
+            while len(self._pool) < pool_size:
+                problem = self._draw(pool_rng)
+                if problem not in self._held_out_set and problem not in members:
+                    members.add(problem)
+                    self._pool.append(problem)
+        self._order: list[int] = []
 
     def _draw(self, rng: random.Random) -> tuple[int, ...]:
         # Draw the digit count first so short and long operands are equally common.
@@ -71,6 +82,11 @@ class AdditionTask:
         """The next n training prompts (never a held-out problem)."""
         out = []
         while len(out) < n:
+            if self._pool:
+                if not self._order:
+                    self._order = self._rng.sample(range(len(self._pool)), len(self._pool))
+                out.append(self.make_prompt(*self._pool[self._order.pop()]))
+                continue
             problem = self._draw(self._rng)
             if problem not in self._held_out_set:
                 out.append(self.make_prompt(*problem))
