@@ -111,6 +111,7 @@ def validate(cfg: SlipstreamConfig) -> None:
          f"(trainer.groups_per_step={cfg.trainer.groups_per_step}) and buffer.max_in_flight >= 1")
     need(cfg.task.name == "addition", f"task.name={cfg.task.name!r}: available: addition")
     need(0.0 < cfg.rollout.max_pass_rate <= 1.0, "rollout.max_pass_rate must be in (0, 1] (1 = no filter)")
+    _validate_allocation(cfg, need)
     need(cfg.run.eval_every >= 1, "run.eval_every must be >= 1")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
@@ -138,3 +139,20 @@ def _validate_algorithms(cfg: SlipstreamConfig, need) -> None:
     need(adv.name in ("grpo", "rloo", "batch", "gae"),
          f"trainer.advantage.name={adv.name!r}: one of grpo, rloo, batch, gae")
     need(adv.batch_center in ("group", "batch"), "trainer.advantage.batch_center: group or batch")
+
+
+def _validate_allocation(cfg: SlipstreamConfig, need) -> None:
+    r, g = cfg.rollout, cfg.rollout.gvm
+    need(r.allocation in ("uniform", "gvm"), f"rollout.allocation={r.allocation!r}: one of uniform, gvm")
+    need(cfg.trainer.grad_norm_estimate in ("none", "proxy", "exact"),
+         f"trainer.grad_norm_estimate={cfg.trainer.grad_norm_estimate!r}: one of none, proxy, exact")
+    need(cfg.trainer.grad_norm_estimate != "exact" or cfg.trainer.zero_stage < 3,
+         "trainer.grad_norm_estimate=exact needs full parameters on each rank: use trainer.zero_stage <= 2 or proxy")
+    if r.allocation == "gvm":
+        need(g.n_min >= 2 or cfg.trainer.advantage.name == "gae",
+             f"rollout.gvm.n_min={g.n_min}: group-based advantages need >= 2 samples per group")
+        need(g.n_min <= min(r.group_size, g.pilot_size) and g.n_max >= r.group_size,
+             f"rollout.gvm needs n_min <= min(group_size, pilot_size) and n_max >= group_size "
+             f"(n_min={g.n_min}, pilot_size={g.pilot_size}, group_size={r.group_size}, n_max={g.n_max})")
+        need(cfg.trainer.grad_norm_estimate != "none",
+             "rollout.allocation=gvm needs gradient-norm estimates: set trainer.grad_norm_estimate=proxy or exact")

@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 
+from buffer.prompt_stats import PromptStats
 from buffer.redis_buffer import METRIC_COUNTERS, PoppedBatch, RedisBuffer
 from launcher.config import SlipstreamConfig, validate
 from launcher.metrics import MetricsWriter
@@ -145,6 +146,7 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
     success_before = last_eval = evaluate()
     metrics.write(0, {"held_out_success": success_before, "version": 0, "elapsed_s": 0.0})
     runs = [w.run.remote() for w in workers]
+    prompt_stats = PromptStats(buffer.client, buffer.prefix, grad_mix=cfg.rollout.gvm.grad_mix)
     totals = {"train_tokens": 0, "train_s": 0.0, "sync_s": 0.0}
     prev_gen, prev_t = buffer.stats()["gen_tokens"], time.time()
     step = 0
@@ -162,6 +164,7 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
             ray.get([tr.send_weights.remote(step) for tr in trainers])
             version = buffer.bump_version()  # only after every generator holds the new weights
             buffer.commit(batch)
+            allocation = _allocation_metrics(cfg, prompt_stats, results, version)
             timers["weight_sync_s"] = time.perf_counter() - t
             elapsed = time.time() - t_start
             out_of_time = cfg.run.max_minutes > 0 and elapsed > cfg.run.max_minutes * 60
@@ -174,6 +177,7 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
             m = _step_metrics(batch, results, timers, stats, version, elapsed,
                               (stats["gen_tokens"] - prev_gen) / max(now - prev_t, 1e-9))
             prev_gen, prev_t = stats["gen_tokens"], now
+            m.update(allocation)
             if evaluated:
                 m["held_out_success"] = last_eval
             totals["train_tokens"] += m["trainer_tokens"]
@@ -203,6 +207,24 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
     return summary
 
 
+def _allocation_metrics(cfg: SlipstreamConfig, prompt_stats: PromptStats, results: list[dict], version: int) -> dict:
+    """Group sizes trained this step (the allocation's histogram), and the gradient-norm estimates written back."""
+    sizes = [n for r in results for n in r["group_sizes"]]
+    ids = [p for r in results for p in r["prompt_ids"]]
+    out = {"group_size_hist": {str(n): sizes.count(n) for n in sorted(set(sizes))},
+           "groups_at_n_min": sum(n <= cfg.rollout.gvm.n_min for n in sizes),
+           "groups_at_n_max": sum(n >= cfg.rollout.gvm.n_max for n in sizes)}
+    norms = {k: v for r in results for k, v in r["grad_norms"].items()}
+    if cfg.rollout.allocation == "gvm":
+        ages = [version - s.grad_version for s in prompt_stats.get_stats(ids) if s.grad_version >= 0]
+        out["grad_stats_age"] = sum(ages) / len(ages) if ages else 0.0
+    if norms:
+        prompt_stats.record_grad_norms(norms, version)
+        out["grad_norm_mean"] = sum(norms.values()) / len(norms)
+        out["grad_norm_s"] = max(r["grad_norm_s"] for r in results)
+    return out
+
+
 def _step_metrics(batch: PoppedBatch, results: list[dict], timers: dict, stats: dict, version: int,
                   elapsed: float, gen_tokens_per_s: float) -> dict:
     samples = sum(r["sequences"] for r in results)
@@ -214,7 +236,7 @@ def _step_metrics(batch: PoppedBatch, results: list[dict], timers: dict, stats: 
         "staleness_mean": sum(batch.staleness) / len(batch.staleness), "staleness_max": max(batch.staleness),
         "buffer_depth": stats["buffered"], "running_groups": stats["running"],
         "dropped_stale": batch.dropped_stale, "dropped_stale_total": stats["dropped_stale"],
-        "gen_tokens_per_s": gen_tokens_per_s, "trainer_tokens": tokens, "trainer_tokens_per_s": tokens / train_s,
+        "gen_tokens_per_s": gen_tokens_per_s, "gen_tokens_total": stats["gen_tokens"], "trainer_tokens": tokens, "trainer_tokens_per_s": tokens / train_s,
         "loss": sum(r["loss"] for r in results), "clip_fraction": avg("clip_fraction"),
         "behaviour_weight_mean": avg("behaviour_weight_mean"), "masked_fraction": avg("masked_fraction"),
         "logprob_gap": avg("logprob_gap"), "entropy": avg("entropy"), "kl_ref": avg("kl_ref"),

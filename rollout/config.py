@@ -5,6 +5,20 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class GvmConfig:
+    """Gradient-variance-aware allocation (rollout.allocation=gvm); see rollout/allocation.py and docs."""
+    alpha: float = 1e-3  # paper default
+    beta: float = 2.0  # paper default
+    n_min: int = 2  # GRPO-style advantages need >= 2 samples per group
+    n_max: int = 32
+    prior_a: float = 1.0  # Beta prior on the pass rate: a prompt never seen solved still gets explored
+    prior_b: float = 1.0
+    pilot_size: int = 4  # samples for a prompt never seen; trained on like any other group
+    decay: float = 0.9  # recency weight of pass statistics per update
+    grad_mix: float = 0.5  # EMA weight of a new gradient-norm estimate
+
+
+@dataclass
 class RolloutConfig:
     num_workers: int = 1  # rollout workers, one engine each
     group_size: int = 8  # samples per prompt (n)
@@ -25,6 +39,10 @@ class RolloutConfig:
     max_pass_rate: float = 1.0  # stop sampling prompts whose pass rate is above this (1.0 = never)
     pass_rate_min_attempts: int = 16  # ... once they have at least this many attempts
     pass_threshold: float = 1.0  # a sample with reward >= this counts as a pass in the per-prompt statistics
+    # Samples per prompt: "uniform" (group_size each) or "gvm" (the same budget per generate call, split by
+    # GVM from the shared per-prompt statistics). Admission counts groups either way.
+    allocation: str = "uniform"
+    gvm: GvmConfig = field(default_factory=GvmConfig)
 
 
 @dataclass
@@ -34,17 +52,5 @@ class TaskConfig:
     held_out_size: int = 256
     max_operands: int = 2  # > 2: chain of running sums, long-tailed response lengths (needs a model built for it)
     operands_decay: float = 0.5  # P(k operands) ~ decay^(k-2)
+    pool_size: int = 0  # > 0: a fixed training set of this many problems, visited epoch by epoch (0: endless)
 
-
-@dataclass
-class GvmConfig:
-    """Gradient-variance-aware allocation (rollout.allocation=gvm); see rollout/allocation.py and docs."""
-    alpha: float = 1e-3  # paper default
-    beta: float = 2.0  # paper default
-    n_min: int = 2  # GRPO-style advantages need >= 2 samples per group
-    n_max: int = 32
-    prior_a: float = 1.0  # Beta prior on the pass rate: a prompt never seen solved still gets explored
-    prior_b: float = 1.0
-    pilot_size: int = 4  # samples for a prompt never seen; trained on like any other group
-    decay: float = 0.9  # recency weight of pass statistics per update
-    grad_mix: float = 0.5  # EMA weight of a new gradient-norm estimate

@@ -38,14 +38,16 @@ class VllmEngine:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def generate(self, prompt_ids: list[list[int]], *, n: int, max_new_tokens: int, temperature: float,
-                 top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
-        """n completions per prompt, each with its per-token sampling log-probs. temperature 0 = greedy."""
+    def generate(self, prompt_ids: list[list[int]], *, n: int | list[int], max_new_tokens: int,
+                 temperature: float, top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        """n completions per prompt (one n, or one per prompt), each with its per-token sampling log-probs.
+        temperature 0 = greedy."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                logprobs=0 if temperature > 0 else None, seed=seed)
+        counts = n if isinstance(n, list) else [n] * len(prompt_ids)
+        params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                 logprobs=0 if temperature > 0 else None, seed=seed) for k in counts]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
                                     use_tqdm=False)
         result = []

@@ -27,6 +27,7 @@ from buffer.schema import Group, Sample
 from rewards.config import RewardConfig
 from rollout.config import RolloutConfig, TaskConfig
 from rollout.prompts import AdditionTask, Prompt
+from rollout.sampling_plan import plan_samples
 
 log = logging.getLogger("slipstream.rollout")
 
@@ -46,10 +47,12 @@ class RolloutWorker:
         self.scorer = build_scorer(reward)  # rewards run safely: time limits, failure policy, process pool
         self.prompts = AdditionTask(num_digits=task.num_digits, seed=seed * 1_000 + worker_id,
                                     held_out_size=task.held_out_size, max_operands=task.max_operands,
-                                    operands_decay=task.operands_decay)
+                                    operands_decay=task.operands_decay, pool_size=task.pool_size, pool_seed=seed)
         self.buffer = RedisBuffer(redis_url, prefix=key_prefix, eta=buffer.eta, groups_per_step=groups_per_step,
                                   max_in_flight=buffer.max_in_flight, max_buffered=buffer.max_buffered)
-        self.prompt_stats = PromptStats(self.buffer.client, key_prefix)
+        gvm = rollout.allocation == "gvm"
+        self.prompt_stats = PromptStats(self.buffer.client, key_prefix, decay=rollout.gvm.decay if gvm else 1.0,
+                                        grad_mix=rollout.gvm.grad_mix)
         self.engine = VllmEngine(model_path, max_model_len=rollout.max_model_len, seed=seed + worker_id,
                                  dtype=rollout.dtype, gpu_memory_utilization=rollout.gpu_memory_utilization,
                                  tensor_parallel_size=rollout.tensor_parallel_size)
@@ -59,6 +62,7 @@ class RolloutWorker:
         self._pending: tuple[int, dict] | None = None
         self._stop = threading.Event()
         self.counters = {"groups": 0, "samples": 0, "tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0,
+                         "pilot_prompts": 0,
                          "gen_seconds": 0.0, **dict.fromkeys(METRIC_COUNTERS, 0)}
 
     # -- called by the trainer / driver -------------------------------------------------------------------
@@ -104,7 +108,7 @@ class RolloutWorker:
                 with self._engine_lock:
                     if version > self.version:  # the trainer stores weights before it bumps the version
                         self._apply_pending_weights()
-                    scored = self._generate_groups(prompts)
+                    scored = self._generate_groups(prompts, self._plan(prompts, version))
                 pushed = self._filter(scored)
             finally:  # a failed call must still give its admission slots back
                 self.buffer.push(pushed, released=granted - len(pushed),
@@ -130,6 +134,15 @@ class RolloutWorker:
                 return chosen
         return chosen + self.prompts.next(n - len(chosen))
 
+    def _plan(self, prompts: list[Prompt], version: int) -> list[int]:
+        """Samples per prompt for this call (uniform: group_size each; gvm: from the shared statistics)."""
+        if self.cfg.allocation == "uniform":
+            return [self.cfg.group_size] * len(prompts)
+        stats = self.prompt_stats.get_stats([p.prompt_id for p in prompts])
+        plan = plan_samples(stats, self.cfg.group_size, self.cfg.allocation, self.cfg.gvm, version)
+        self.counters["pilot_prompts"] += plan.pilots
+        return plan.counts
+
     def _filter(self, groups: list[Group]) -> list[Group]:
         """Record per-prompt pass statistics for every scored group, then drop the groups without signal."""
         self.prompt_stats.record([(g.prompt_id, len(g.samples), int((g.rewards >= self.cfg.pass_threshold).sum()))
@@ -154,10 +167,10 @@ class RolloutWorker:
         self.counters["weight_loads"] += 1
         self.counters["weight_load_seconds"] += time.perf_counter() - t0
 
-    def _generate_groups(self, prompts: list[Prompt]) -> list[Group]:
+    def _generate_groups(self, prompts: list[Prompt], counts: list[int]) -> list[Group]:
         cfg = self.cfg
         encoded = []
-        for p in prompts:
+        for p, n in zip(prompts, counts):
             ids = self.engine.encode(p.text)
             if len(ids) + cfg.max_new_tokens > self.engine.max_model_len:
                 self.counters["too_long_prompts"] += 1
@@ -165,11 +178,11 @@ class RolloutWorker:
                             "skipped (raise rollout.max_model_len or shorten the prompt)", p.prompt_id, len(ids),
                             cfg.max_new_tokens, self.engine.max_model_len)
                 continue
-            encoded.append((p, ids))
+            encoded.append((p, ids, n))
         if not encoded:
             return []
         t0 = time.perf_counter()
-        outputs = self.engine.generate([ids for _, ids in encoded], n=cfg.group_size,
+        outputs = self.engine.generate([ids for _, ids, _ in encoded], n=[n for _, _, n in encoded],
                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                        top_p=cfg.top_p)
         seconds = time.perf_counter() - t0
@@ -177,9 +190,9 @@ class RolloutWorker:
         scored = self.scorer.score_groups(
             [(prompt.text, [c.text for c in completions], prompt.fields,
               [{"response_tokens": len(c.token_ids), "finish_reason": c.finish_reason} for c in completions])
-             for (prompt, _), completions in zip(encoded, outputs)])
+             for (prompt, _, _), completions in zip(encoded, outputs)])
         groups = []
-        for (prompt, ids), completions, score in zip(encoded, outputs, scored):
+        for (prompt, ids, _), completions, score in zip(encoded, outputs, scored):
             self.counters["reward_errors"] += sum(s.failure is not None for s in score.samples)
             if score.drop:  # reward.on_failure=drop_group: run() gives its admission slot back
                 continue

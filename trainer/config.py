@@ -49,6 +49,9 @@ class TrainerConfig:
     gpus_per_rank: float = 0.0
     dtype: str = "float32"  # float32 | bfloat16 (GPU)
     weight_transport: str = "store"  # store (Ray object store); nccl comes later behind the same interface
+    # Per-prompt gradient-norm estimate written back for GVM allocation: none | proxy | exact (trainer/grad_norms.py)
+    grad_norm_estimate: str = "none"
+    accept_threshold: float = 1.0  # samples with reward >= this are "accepted" for the estimate (paper: correct)
     loss: LossConfig = field(default_factory=LossConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)

@@ -22,6 +22,7 @@ from buffer.schema import decode_group
 from trainer.advantages import gae, sequence_advantages
 from trainer.batch import TrainBatch, build_train_batch, last_token_rewards
 from trainer.config import TrainerConfig
+from trainer.grad_norms import exact_grad_norms, prompt_means, proxy_grad_norms
 from trainer.losses import (PolicyLossParams, aggregate, kl_estimate, policy_loss, token_entropy, token_logprobs,
                             value_loss)
 
@@ -109,12 +110,15 @@ class TrainerRank:
     @torch.no_grad()
     def _before_step(self, batch: TrainBatch, slices: list[slice]) -> dict[str, torch.Tensor]:
         """Everything that must come from the weights before the step, for the whole batch: [B, T] each."""
-        out = {"prox": [], "ref": [], "values": []}
+        out = {"prox": [], "ref": [], "values": [], "grad_norms": []}
         for sl in slices:
             mb = batch.select(sl)
             if not len(mb.rewards):
                 continue
-            out["prox"].append(token_logprobs(self._logits(self.engine, mb), mb.targets))
+            logits = self._logits(self.engine, mb)
+            out["prox"].append(token_logprobs(logits, mb.targets))
+            if self.cfg.grad_norm_estimate == "proxy":
+                out["grad_norms"].append(proxy_grad_norms(logits, mb.targets, mb.response_mask))
             if self.ref is not None:
                 out["ref"].append(token_logprobs(self._logits(self.ref, mb), mb.targets))
             if self.critic is not None:
@@ -136,12 +140,27 @@ class TrainerRank:
                                       scale_by_std=adv_cfg.scale_by_std, batch_center=adv_cfg.batch_center)
         return seq_adv[:, None] * mask, None  # [B, T]
 
+    def _grad_norms(self, batch: TrainBatch, slices: list[slice], before: dict, groups: list) -> tuple[dict, float]:
+        """Per-prompt G_i (mean over accepted samples) with the weights before the step, and its seconds."""
+        if self.cfg.grad_norm_estimate == "none" or not len(batch.rewards):
+            return {}, 0.0
+        t0 = time.perf_counter()
+        if self.cfg.grad_norm_estimate == "exact":  # one backward per sample; autograd.grad leaves .grad alone
+            module = self.engine.module
+            norms = torch.cat([exact_grad_norms(module, mb.input_ids, mb.attention_mask, mb.targets, mb.response_mask)
+                               for mb in (batch.select(sl) for sl in slices) if len(mb.rewards)])
+        else:
+            norms = torch.cat(before["grad_norms"])
+        means = prompt_means(norms.detach(), batch.group_ids, batch.rewards >= self.cfg.accept_threshold)
+        return {groups[g].prompt_id: v for g, v in means.items()}, time.perf_counter() - t0
+
     def train_step(self, encoded_groups: list[bytes]) -> dict:
         t0 = time.perf_counter()
         groups = [decode_group(g) for g in encoded_groups]
         batch = build_train_batch(groups)
         slices = self._slices(len(batch.rewards))
         before = self._before_step(batch, slices)
+        grad_norms, grad_norm_s = self._grad_norms(batch, slices, before, groups)
         advantages, returns = self._advantages(batch, before) if before["prox"] is not None else (None, None)
         totals = self._policy_update(batch, slices, before, advantages)
         if self.critic is not None:
@@ -149,6 +168,8 @@ class TrainerRank:
         rewards = batch.rewards.tolist()
         lengths = batch.response_mask.sum(-1).tolist()
         return {**totals, "tokens": batch.num_tokens, "seconds": time.perf_counter() - t0,
+                "grad_norms": grad_norms, "grad_norm_s": grad_norm_s, "group_sizes": [len(g.samples) for g in groups],
+                "prompt_ids": [g.prompt_id for g in groups],
                 "sequences": len(rewards), "reward_mean": sum(rewards) / max(len(rewards), 1),
                 "response_len_mean": sum(lengths) / max(len(lengths), 1)}
 

@@ -146,3 +146,13 @@ def test_unreachable_redis_names_the_url_and_the_fix():
     with pytest.raises(BufferUnavailable, match=r"127\.0\.0\.1:1.*buffer\.redis_url"):
         RedisBuffer("redis://127.0.0.1:1/0", prefix="x", eta=0, groups_per_step=1, max_in_flight=1,
                     max_buffered=1)
+
+
+def test_admission_counts_groups_whatever_their_size(redis_server, key_prefix):
+    """With GVM, groups differ in size; the staleness bound counts groups (a trainer step takes B groups)."""
+    buf = make_buffer(redis_server, key_prefix, eta=0, B=2)
+    assert buf.admit(5) == (2, 0)
+    buf.push([group(0, "small", n=2), group(0, "big", n=14)])
+    assert buf.admit(5) == (0, 0)  # two groups = one step's worth, although 16 samples
+    batch = buf.pop(2, timeout_s=2)
+    assert sorted(len(g.samples) for g in batch.groups) == [2, 14]
