@@ -150,7 +150,7 @@ class TrainerRank:
             norms = torch.cat([exact_grad_norms(module, mb.input_ids, mb.attention_mask, mb.targets, mb.response_mask)
                                for mb in (batch.select(sl) for sl in slices) if len(mb.rewards)])
         else:
-            norms = torch.cat(before["grad_norms"])
+            norms = before["grad_norms"]  # [B], from the pi_prox forward pass
         means = prompt_means(norms.detach(), batch.group_ids, batch.rewards >= self.cfg.accept_threshold)
         return {groups[g].prompt_id: v for g, v in means.items()}, time.perf_counter() - t0
 
