@@ -164,8 +164,8 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
             ray.get([tr.send_weights.remote(step) for tr in trainers])
             version = buffer.bump_version()  # only after every generator holds the new weights
             buffer.commit(batch)
-            allocation = _allocation_metrics(cfg, prompt_stats, results, version)
             timers["weight_sync_s"] = time.perf_counter() - t
+            allocation = _allocation_metrics(cfg, prompt_stats, results, version)
             elapsed = time.time() - t_start
             out_of_time = cfg.run.max_minutes > 0 and elapsed > cfg.run.max_minutes * 60
             last = step == cfg.run.total_steps or out_of_time
