@@ -25,6 +25,7 @@ from trainer.config import TrainerConfig
 from trainer.grad_norms import exact_grad_norms, prompt_means, proxy_grad_norms
 from trainer.losses import (PolicyLossParams, aggregate, kl_estimate, policy_loss, token_entropy, token_logprobs,
                             value_loss)
+from trainer.precision import float32_lm_head
 
 
 class NonFiniteLoss(RuntimeError):
@@ -66,10 +67,12 @@ class TrainerRank:
         self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
         policy.config.use_cache = False
+        float32_lm_head(policy)  # before deepspeed.initialize: see trainer/precision.py
         self.engine = self._deepspeed(policy, cfg.lr)
         self.ref = None
         if cfg.loss.kl_coef > 0:  # frozen initial policy; sharded like the policy under ZeRO-3
             ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype).eval().requires_grad_(False)
+            float32_lm_head(ref)
             self.ref = self._deepspeed(ref, None) if cfg.zero_stage == 3 else ref.to(self.engine.device)
         self.critic = self._deepspeed(ValueModel(model_path, self.dtype), cfg.critic.lr) \
             if cfg.advantage.name == "gae" else None
