@@ -32,6 +32,12 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def _zero_loss(engine) -> torch.Tensor:
+    """A loss of exactly 0 that still touches every parameter, so an empty micro-batch takes part in the
+    gradient all-reduce like the other ranks' micro-batches."""
+    return sum(p.sum() for p in engine.module.parameters()) * 0.0
+
+
 class ValueModel(torch.nn.Module):
     """A causal LM's backbone with a scalar head: V(prefix) at every position. Head starts at zero."""
 
@@ -187,7 +193,7 @@ class TrainerRank:
         for sl in slices:
             mb = batch.select(sl)
             if not len(mb.rewards):  # this rank has fewer rows than micro-batches: a zero step keeps ranks in step
-                loss = sum(p.sum() for p in self.engine.module.parameters()) * 0.0
+                loss = _zero_loss(self.engine)
             else:
                 mask, prox = mb.response_mask, before["prox"][sl]
                 logits = self._logits(self.engine, mb)
@@ -222,7 +228,7 @@ class TrainerRank:
         for sl in slices:
             mb = batch.select(sl)
             if not len(mb.rewards):
-                loss = sum(p.sum() for p in self.critic.module.parameters()) * 0.0
+                loss = _zero_loss(self.critic)
             else:
                 values = self.critic(mb.input_ids, mb.attention_mask)[:, :-1]  # [b, T]
                 per_token = value_loss(values, before["values"][sl], returns[sl], self.cfg.critic.value_clip)
