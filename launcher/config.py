@@ -11,6 +11,7 @@ from typing import Optional
 
 from buffer.config import BufferConfig
 from rewards.config import RewardConfig
+from rollout.allocation import RULES
 from rollout.config import RolloutConfig, TaskConfig
 from trainer.config import TrainerConfig
 
@@ -149,6 +150,7 @@ def _validate_allocation(cfg: SlipstreamConfig, need) -> None:
     need(cfg.trainer.grad_norm_estimate != "exact" or cfg.trainer.zero_stage < 3,
          "trainer.grad_norm_estimate=exact needs full parameters on each rank: use trainer.zero_stage <= 2 or proxy")
     if r.allocation == "gvm":
+        need(g.rule in RULES, f"rollout.gvm.rule={g.rule!r}: one of {', '.join(RULES)}")
         need(g.n_min >= 2 or cfg.trainer.advantage.name == "gae",
              f"rollout.gvm.n_min={g.n_min}: group-based advantages need >= 2 samples per group")
         need(g.n_min <= min(r.group_size, g.pilot_size) and g.n_max >= r.group_size,

@@ -21,7 +21,7 @@ import uuid
 from buffer.prompt_stats import PromptStats
 from buffer.redis_buffer import METRIC_COUNTERS, PoppedBatch, RedisBuffer
 from launcher.config import SlipstreamConfig, validate
-from launcher.metrics import MetricsWriter
+from launcher.metrics import MetricsWriter, pass_rate_histogram
 
 log = logging.getLogger("slipstream")
 
@@ -166,6 +166,7 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
             buffer.commit(batch)
             timers["weight_sync_s"] = time.perf_counter() - t
             allocation = _allocation_metrics(cfg, prompt_stats, results, version)
+            allocation["pass_rate_hist"] = pass_rate_histogram(batch.groups, cfg.rollout.pass_threshold)
             elapsed = time.time() - t_start
             out_of_time = cfg.run.max_minutes > 0 and elapsed > cfg.run.max_minutes * 60
             last = step == cfg.run.total_steps or out_of_time

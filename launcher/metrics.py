@@ -47,3 +47,21 @@ class MetricsWriter:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+PASS_RATE_BINS = ("0", "0-0.25", "0.25-0.5", "0.5-0.75", "0.75-1", "1")
+
+
+def pass_rate_histogram(groups: list, pass_threshold: float) -> dict[str, int]:
+    """Groups trained this step, counted by their pass rate: "0" and "1" exactly (the groups GRPO learns nothing
+    from), the rest in quarters with the upper edge included. Shows where the sampling budget went."""
+    hist = dict.fromkeys(PASS_RATE_BINS, 0)
+    for g in groups:
+        rate = float((g.rewards >= pass_threshold).mean())
+        if rate <= 0.0:
+            hist["0"] += 1
+        elif rate >= 1.0:
+            hist["1"] += 1
+        else:
+            hist[PASS_RATE_BINS[1 + min(int((rate - 1e-9) * 4), 3)]] += 1
+    return hist

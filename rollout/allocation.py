@@ -13,6 +13,15 @@ gradient-norm estimate G_i, budget N and constants alpha, beta,
   taking the whole budget on a noisy estimate;
 - the real-valued n_i are rounded to integers that keep the sum N by largest remainders (the reference
   rounds, then corrects the error by the largest residuals: the same result when bounds do not bind).
+
+A second rule, `neyman`, is ours, for group-baselined estimators (GRPO, RLOO) with a pass/fail reward. A
+group's gradient estimate (1/n) sum_j (r_j - p_i) grad log pi(y_j) has variance ~ p_i (1 - p_i) G_i^2 / n_i;
+minimising sum_i p_i (1 - p_i) G_i^2 / n_i subject to sum_i n_i = N is Neyman allocation:
+
+    w_i = G_i * sqrt(p_i (1 - p_i)),                       n_i = N * w_i / sum_l w_l
+
+It puts the budget on prompts solved about half the time, where the paper's rule (derived for rejection
+sampling, where only accepted samples carry gradient) puts it on prompts that are rarely solved.
 """
 from __future__ import annotations
 
@@ -34,6 +43,11 @@ def gvm_weights(pass_rates: list[float], grad_norms: list[float], *, alpha: floa
         else:
             out.append(g / math.sqrt(p + alpha / p ** (beta - 1.0)))
     return out
+
+
+def neyman_weights(pass_rates: list[float], grad_norms: list[float]) -> list[float]:
+    """w_i = G_i * sqrt(p_i (1 - p_i)): 0 where p_i is 0 or 1 (a group of one outcome has zero advantage)."""
+    return [max(g, 0.0) * math.sqrt(max(p * (1.0 - p), 0.0)) for p, g in zip(pass_rates, grad_norms)]
 
 
 def largest_remainder(shares: list[float], total: int) -> list[int]:
@@ -71,8 +85,17 @@ def bounded_shares(weights: list[float], budget: int, n_min: int, n_max: int) ->
             shares[i] = float(n_min if trial[i] < n_min else n_max)
 
 
+RULES = ("paper", "neyman")
+
+
 def allocate(pass_rates: list[float], grad_norms: list[float], budget: int, *, n_min: int, n_max: int,
-             alpha: float = 1e-3, beta: float = 2.0) -> list[int]:
-    """Samples per prompt under the GVM rule, within [n_min, n_max], summing to `budget`."""
-    weights = gvm_weights(pass_rates, grad_norms, alpha=alpha, beta=beta)
+             alpha: float = 1e-3, beta: float = 2.0, rule: str = "paper") -> list[int]:
+    """Samples per prompt under `rule` (paper: GVM's theorem; neyman: the group-variance rule), within
+    [n_min, n_max], summing to `budget`."""
+    if rule == "paper":
+        weights = gvm_weights(pass_rates, grad_norms, alpha=alpha, beta=beta)
+    elif rule == "neyman":
+        weights = neyman_weights(pass_rates, grad_norms)
+    else:
+        raise ValueError(f"unknown allocation rule {rule!r}; one of {', '.join(RULES)}")
     return largest_remainder(bounded_shares(weights, budget, n_min, n_max), budget)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 @dataclass
 class GvmConfig:
     """Gradient-variance-aware allocation (rollout.allocation=gvm); see rollout/allocation.py and docs."""
+    rule: str = "paper"  # paper: G/sqrt(p + alpha/p^(beta-1)); neyman: G*sqrt(p(1-p)) (rollout/allocation.py)
     alpha: float = 1e-3  # paper default
     beta: float = 2.0  # paper default
     n_min: int = 2  # GRPO-style advantages need >= 2 samples per group

@@ -43,7 +43,7 @@ def plan_samples(stats: list[PromptStat], group_size: int, allocation: str, gvm:
         g = [stats[i].grad_norm if stats[i].grad_norm is not None else fallback for i in known]
         n_max = max(gvm.n_max, -(-(budget - pilot_n * len(pilots)) // len(known)))  # feasible cap
         for i, n in zip(known, allocate(p, g, budget - pilot_n * len(pilots), n_min=gvm.n_min, n_max=n_max,
-                                        alpha=gvm.alpha, beta=gvm.beta)):
+                                        alpha=gvm.alpha, beta=gvm.beta, rule=gvm.rule)):
             counts[i] = n
     elif pilots:  # only new prompts: spread the whole budget over them
         counts = [budget // k + (1 if i < budget % k else 0) for i in range(k)]

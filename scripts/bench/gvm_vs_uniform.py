@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""GVM vs uniform sample allocation on the CPU tiny task, same seeds, several seeds each.
+"""GVM (the paper's rule, and our Neyman rule) vs uniform sample allocation on the CPU tiny task, same seeds,
+several seeds each.
 
 Each run is `scripts/train.py +experiment=gvm_study rollout.allocation=A run.seed=S run.max_minutes=M`
-(GVM runs add trainer.grad_norm_estimate=proxy). Every generated token counts, pilot samples included
+(GVM runs add rollout.gvm.rule=paper|neyman and trainer.grad_norm_estimate=proxy). Every generated token counts, pilot samples included
 (the buffer's gen_tokens counter). Reported per setting (mean and spread over seeds): generated tokens and
 wall-clock to first reach the target held-out success, and held-out success at a fixed token budget.
 
     python scripts/bench/gvm_vs_uniform.py --seeds 0,1,2 --minutes 2.5 [--target 0.30]
-Writes docs/bench/gvm.json and docs/bench/gvm.png (success vs generated tokens, one line per run).
+Writes docs/bench/gvm.json, docs/bench/gvm.png (success vs generated tokens, one line per run) and
+docs/bench/gvm_allocation.png (group sizes and group pass rates trained, by third of the run).
 """
 import argparse
 import json
@@ -19,7 +21,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = {"uniform": ["rollout.allocation=uniform"],
-            "gvm": ["rollout.allocation=gvm", "trainer.grad_norm_estimate=proxy"]}
+            "gvm": ["rollout.allocation=gvm", "rollout.gvm.rule=paper", "trainer.grad_norm_estimate=proxy"],
+            "gvm_neyman": ["rollout.allocation=gvm", "rollout.gvm.rule=neyman", "trainer.grad_norm_estimate=proxy"]}
+COLORS = {"uniform": "tab:blue", "gvm": "tab:red", "gvm_neyman": "tab:green"}
 
 
 def run_one(setting: str, seed: int, minutes: float, out_dir: str) -> dict:
@@ -33,12 +37,27 @@ def run_one(setting: str, seed: int, minutes: float, out_dir: str) -> dict:
         steps = [json.loads(line) for line in f if line.strip()]
     curve = [(s.get("gen_tokens_total", 0), s["elapsed_s"], s["held_out_success"]) for s in steps
              if "held_out_success" in s]
+    return {"setting": setting, "seed": seed, "curve": curve, "final_success": curve[-1][2],
+            "gen_tokens": curve[-1][0], "group_size_hist": sum_hists(steps, "group_size_hist"),
+            # where the budget went as the policy improved: thirds of the run, by step
+            "phases": [{"group_size_hist": sum_hists(part, "group_size_hist"),
+                        "pass_rate_hist": sum_hists(part, "pass_rate_hist"),
+                        "groups_at_n_min": sum(s.get("groups_at_n_min", 0) for s in part),
+                        "groups_at_n_max": sum(s.get("groups_at_n_max", 0) for s in part)}
+                       for part in thirds([s for s in steps if s["step"] > 0])]}
+
+
+def sum_hists(steps: list[dict], key: str) -> dict[str, int]:
     hist: dict[str, int] = {}
     for s in steps:
-        for n, c in s.get("group_size_hist", {}).items():
-            hist[n] = hist.get(n, 0) + c
-    return {"setting": setting, "seed": seed, "curve": curve, "group_size_hist": hist,
-            "final_success": curve[-1][2], "gen_tokens": curve[-1][0]}
+        for k, c in s.get(key, {}).items():
+            hist[k] = hist.get(k, 0) + c
+    return hist
+
+
+def thirds(items: list) -> list[list]:
+    k = len(items)
+    return [items[i * k // 3:(i + 1) * k // 3] for i in range(3)]
 
 
 def first_reaching(curve: list, target: float):
@@ -80,14 +99,18 @@ def main() -> None:
         summary[setting] = {"tokens_to_target": summarize([t for t, _ in reach]),
                             "seconds_to_target": summarize([s for _, s in reach]),
                             "success_at_budget": summarize([success_at(r["curve"], budget) for r in rs])}
-    u, g = summary["uniform"]["tokens_to_target"]["mean"], summary["gvm"]["tokens_to_target"]["mean"]
+    u = summary["uniform"]["tokens_to_target"]["mean"]
+    ratios = {f"uniform_over_{k}_tokens": (round(u / v["tokens_to_target"]["mean"], 2)
+                                           if u and v["tokens_to_target"]["mean"] else None)
+              for k, v in summary.items() if k != "uniform"}
     meta = {"command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d"),
             "machine": f"{os.cpu_count()} CPU cores", "target_success": target, "token_budget": budget,
-            "uniform_over_gvm_tokens": round(u / g, 2) if u and g else None}
+            **ratios}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "summary": summary, "runs": runs}, f, indent=1)
     plot(runs, args.out.replace(".json", ".png"), target)
+    plot_allocation(runs, args.out.replace(".json", "_allocation.png"))
     print(json.dumps({"meta": meta, "summary": summary}, indent=1))
 
 
@@ -100,13 +123,56 @@ def plot(runs: list[dict], path: str, target: float) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in runs:
         toks, _, succ = zip(*r["curve"])
-        ax.plot(toks, succ, color="tab:red" if r["setting"] == "gvm" else "tab:blue", alpha=0.8,
+        ax.plot(toks, succ, color=COLORS[r["setting"]], alpha=0.8,
                 label=f"{r['setting']} seed {r['seed']}")
     ax.axhline(target, color="gray", linestyle=":", label="target")
     ax.set_xlabel("generated tokens (pilot samples included)")
     ax.set_ylabel("held-out greedy success")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_allocation(runs: list[dict], path: str) -> None:
+    """Top: each GVM rule's group-size histogram per third of the run (seeds pooled). Bottom: pass-rate histogram
+    of the trained groups per third and setting: the share at 0 or 1 is budget GRPO cannot learn from."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from launcher.metrics import PASS_RATE_BINS
+
+    rules = [k for k in SETTINGS if k != "uniform"]
+    fig = plt.figure(figsize=(10, 7.5))
+    for j, setting in enumerate(rules):
+        ax = fig.add_subplot(2, len(rules), j + 1)
+        rs = [r for r in runs if r["setting"] == setting]
+        sizes = sorted({int(n) for r in rs for ph in r["phases"] for n in ph["group_size_hist"]})
+        for i in range(3):
+            counts = [sum(r["phases"][i]["group_size_hist"].get(str(n), 0) for r in rs) for n in sizes]
+            total = max(sum(counts), 1)
+            ax.bar([x + (i - 1) * 0.27 for x in range(len(sizes))], [c / total for c in counts], 0.27,
+                   color=COLORS[setting], alpha=(0.35, 0.65, 1.0)[i], label=f"third {i + 1}")
+        ax.set_xticks(range(len(sizes)), [str(n) for n in sizes], fontsize=6)
+        ax.set_xlabel(f"samples in the group ({setting})")
+        ax.set_ylabel("share of groups")
+        ax.legend(fontsize=7)
+    ax = fig.add_subplot(2, 1, 2)
+    width = 0.9 / (3 * len(SETTINGS))
+    for j, setting in enumerate(SETTINGS):
+        rs = [r for r in runs if r["setting"] == setting]
+        for i in range(3):
+            counts = [sum(r["phases"][i]["pass_rate_hist"].get(b, 0) for r in rs) for b in PASS_RATE_BINS]
+            total = max(sum(counts), 1)
+            offset = (3 * j + i - (3 * len(SETTINGS) - 1) / 2) * width
+            ax.bar([x + offset for x in range(len(PASS_RATE_BINS))], [c / total for c in counts], width,
+                   color=COLORS[setting], alpha=(0.35, 0.65, 1.0)[i], label=f"{setting} third {i + 1}")
+    ax.set_xticks(range(len(PASS_RATE_BINS)), PASS_RATE_BINS)
+    ax.set_xlabel("pass rate of a trained group")
+    ax.set_ylabel("share of groups")
+    ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -154,3 +154,14 @@ def test_validate_rejects_unknown_reward(model_dir):
     cfg.reward.rewards[0].name = "no_such_reward"
     with pytest.raises(ConfigError, match=r"reward\.rewards\[0\].*no_such_reward"):
         validate(cfg)
+
+
+def test_validate_checks_the_gvm_rule_only_when_gvm_is_on(model_dir):
+    cfg = _valid_config(model_dir)
+    cfg.rollout.gvm.rule = "neymann"
+    validate(cfg)  # uniform allocation: the GVM block is not used
+    cfg.rollout.allocation, cfg.trainer.grad_norm_estimate = "gvm", "proxy"
+    with pytest.raises(ConfigError, match=r"rollout\.gvm\.rule='neymann': one of paper, neyman"):
+        validate(cfg)
+    cfg.rollout.gvm.rule = "neyman"
+    validate(cfg)

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from rollout.allocation import allocate, bounded_shares, gvm_weights, largest_remainder, smoothed_pass_rate
+from rollout.allocation import (allocate, bounded_shares, gvm_weights, largest_remainder, neyman_weights,
+                                smoothed_pass_rate)
 
 
 def test_gvm_weights_without_alpha_are_g_over_sqrt_p():
@@ -83,3 +84,21 @@ def test_allocate_p_one_prompt_gets_the_floor_when_others_need_more():
 
 def test_allocate_g_zero_prompt_keeps_only_the_floor():
     assert allocate([0.5, 0.5], [1.0, 0.0], 10, n_min=2, n_max=16) == [8, 2]
+
+
+def test_neyman_weights_are_g_times_the_outcome_std():
+    # sqrt(0.5 * 0.5) = 0.5; sqrt(0.1 * 0.9) = 0.3; p = 0 and p = 1 carry no group-baselined gradient
+    assert neyman_weights([0.5, 0.1, 0.0, 1.0], [2.0, 1.0, 1.0, 1.0]) == pytest.approx([1.0, 0.3, 0.0, 0.0])
+
+
+def test_allocate_neyman_favours_prompts_solved_half_the_time():
+    # weights 0.5, 0.3, 0.3 * 0.5 = 0.15 (p = 0.9, G = 0.5), 0 (p = 1); budget 24, n_min 2:
+    # the p = 1 prompt is fixed at 2, 22 left split 0.5 : 0.3 : 0.15 -> 11.58, 6.95, 3.47
+    # floors 11, 6, 3 (sum 20 + 2) and two units to the largest remainders (0.95, 0.58) -> 12, 7, 3, 2
+    n = allocate([0.5, 0.1, 0.9, 1.0], [1.0, 1.0, 0.5, 1.0], 24, n_min=2, n_max=16, rule="neyman")
+    assert n == [12, 7, 3, 2]
+
+
+def test_allocate_rejects_an_unknown_rule():
+    with pytest.raises(ValueError, match="neyman"):
+        allocate([0.5], [1.0], 4, n_min=2, n_max=8, rule="neymann")
