@@ -14,6 +14,7 @@ docs/bench/gvm_allocation.png (group sizes and group pass rates trained, by thir
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,7 @@ COLORS = {"uniform": "tab:blue", "gvm": "tab:red", "gvm_neyman": "tab:green"}
 
 def run_one(setting: str, seed: int, minutes: float, out_dir: str) -> dict:
     run_dir = os.path.join(out_dir, f"{setting}-seed{seed}")
+    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: never mix in an earlier run's steps
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "+experiment=gvm_study", f"run.seed={seed}",
            f"run.max_minutes={minutes}", f"hydra.run.dir={run_dir}", "run.tensorboard=false", *SETTINGS[setting]]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

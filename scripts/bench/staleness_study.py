@@ -12,6 +12,7 @@ Writes docs/bench/staleness.json and docs/bench/staleness.png.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def run_one(eta: int, loss: str, minutes: float, seed: int, model: str, out_dir: str, extra: list[str]) -> dict:
     run_dir = os.path.join(out_dir, f"{loss}-eta{eta}")
+    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: never mix in an earlier run's steps
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "+experiment=staleness_study",
            f"buffer.eta={eta}", f"trainer.loss.name={loss}", f"run.max_minutes={minutes}", f"run.seed={seed}",
            f"model.path={model}", f"hydra.run.dir={run_dir}", "run.tensorboard=false", *extra]
