@@ -30,6 +30,7 @@ class RolloutConfig:
     max_model_len: int = 64
     dtype: str = "float32"
     gpu_memory_utilization: float = 0.5  # GPU only
+    enforce_eager: bool = False  # GPU only: True skips CUDA graphs (faster start, slower decoding); CPU is eager
     tensor_parallel_size: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0

@@ -55,7 +55,8 @@ class RolloutWorker:
                                         grad_mix=rollout.gvm.grad_mix)
         self.engine = VllmEngine(model_path, max_model_len=rollout.max_model_len, seed=seed + worker_id,
                                  dtype=rollout.dtype, gpu_memory_utilization=rollout.gpu_memory_utilization,
-                                 tensor_parallel_size=rollout.tensor_parallel_size)
+                                 tensor_parallel_size=rollout.tensor_parallel_size,
+                                 enforce_eager=rollout.enforce_eager or rollout.gpus_per_worker == 0)
         self.version = 0
         self._engine_lock = threading.Lock()
         self._pending_lock = threading.Lock()

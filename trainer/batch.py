@@ -30,6 +30,9 @@ class TrainBatch:
     def select(self, rows: slice) -> "TrainBatch":
         return TrainBatch(*(getattr(self, f.name)[rows] for f in fields(self)))
 
+    def to(self, device: torch.device | str) -> "TrainBatch":
+        return TrainBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+
 
 def build_train_batch(groups: list[Group], *, pad_id: int = 0) -> TrainBatch:
     """Groups -> one padded batch (advantages are computed from it by trainer.advantages)."""
@@ -56,7 +59,7 @@ def build_train_batch(groups: list[Group], *, pad_id: int = 0) -> TrainBatch:
 
 def last_token_rewards(batch: TrainBatch, seq_rewards: torch.Tensor) -> torch.Tensor:
     """[B] sequence rewards placed on each sequence's last response position -> [B, T] (for GAE)."""
-    out = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+    out = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=seq_rewards.device)
     lengths = batch.response_mask.sum(-1)  # [B]
     first = batch.response_mask.float().argmax(-1)  # [B]
     rows = torch.nonzero(lengths > 0).squeeze(-1)

@@ -166,7 +166,7 @@ class TrainerRank:
     def train_step(self, encoded_groups: list[bytes]) -> dict:
         t0 = time.perf_counter()
         groups = [decode_group(g) for g in encoded_groups]
-        batch = build_train_batch(groups)
+        batch = build_train_batch(groups).to(self.engine.device)
         slices = self._slices(len(batch.rewards))
         before = self._before_step(batch, slices)
         grad_norms, grad_norm_s = self._grad_norms(batch, slices, before, groups)

@@ -195,3 +195,11 @@ def test_select_takes_the_same_rows_of_every_field():
     assert sub.rewards.tolist() == [0.0, 1.0]
     assert sub.group_ids.tolist() == [0, 1]
     assert sub.num_tokens == 10  # 4 + 6
+
+
+def test_to_moves_every_field():
+    # "meta" stands in for a GPU here: a tensor left behind on the CPU would show as device "cpu"
+    batch = build_train_batch(_groups()).to("meta")
+    for name in ("input_ids", "attention_mask", "targets", "response_mask", "behaviour_logp", "rewards", "group_ids"):
+        assert getattr(batch, name).device.type == "meta", name
+    assert batch.input_ids.shape == (5, 6) and batch.response_mask.shape == (5, 5)
