@@ -166,7 +166,8 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
             buffer.commit(batch)
             timers["weight_sync_s"] = time.perf_counter() - t
             allocation = _allocation_metrics(cfg, prompt_stats, results, version)
-            allocation["pass_rate_hist"] = pass_rate_histogram(batch.groups, cfg.rollout.pass_threshold)
+            allocation["pass_rate_hist"], allocation["pass_rate_samples"] = pass_rate_histogram(
+                batch.groups, cfg.rollout.pass_threshold)
             elapsed = time.time() - t_start
             out_of_time = cfg.run.max_minutes > 0 and elapsed > cfg.run.max_minutes * 60
             last = step == cfg.run.total_steps or out_of_time

@@ -52,16 +52,19 @@ class MetricsWriter:
 PASS_RATE_BINS = ("0", "0-0.25", "0.25-0.5", "0.5-0.75", "0.75-1", "1")
 
 
-def pass_rate_histogram(groups: list, pass_threshold: float) -> dict[str, int]:
-    """Groups trained this step, counted by their pass rate: "0" and "1" exactly (the groups GRPO learns nothing
-    from), the rest in quarters with the upper edge included. Shows where the sampling budget went."""
-    hist = dict.fromkeys(PASS_RATE_BINS, 0)
+def pass_rate_histogram(groups: list, pass_threshold: float) -> tuple[dict[str, int], dict[str, int]]:
+    """Groups trained this step by their pass rate, and their samples: "0" and "1" exactly (the groups GRPO learns
+    nothing from), the rest in quarters with the upper edge included. Where the groups fall shows the prompts'
+    difficulty; where the samples fall shows where the allocation spent the budget."""
+    groups_hist, samples_hist = dict.fromkeys(PASS_RATE_BINS, 0), dict.fromkeys(PASS_RATE_BINS, 0)
     for g in groups:
         rate = float((g.rewards >= pass_threshold).mean())
         if rate <= 0.0:
-            hist["0"] += 1
+            key = "0"
         elif rate >= 1.0:
-            hist["1"] += 1
+            key = "1"
         else:
-            hist[PASS_RATE_BINS[1 + min(int((rate - 1e-9) * 4), 3)]] += 1
-    return hist
+            key = PASS_RATE_BINS[1 + min(int((rate - 1e-9) * 4), 3)]
+        groups_hist[key] += 1
+        samples_hist[key] += len(g.samples)
+    return groups_hist, samples_hist

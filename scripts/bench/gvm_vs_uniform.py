@@ -9,7 +9,7 @@ wall-clock to first reach the target held-out success, and held-out success at a
 
     python scripts/bench/gvm_vs_uniform.py --seeds 0,1,2 --minutes 2.5 [--target 0.30]
 Writes docs/bench/gvm.json, docs/bench/gvm.png (success vs generated tokens, one line per run) and
-docs/bench/gvm_allocation.png (group sizes and group pass rates trained, by third of the run).
+docs/bench/gvm_allocation.png (group sizes by third of the run; samples by the group's pass rate).
 """
 import argparse
 import json
@@ -23,8 +23,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = {"uniform": ["rollout.allocation=uniform"],
             "gvm": ["rollout.allocation=gvm", "rollout.gvm.rule=paper", "trainer.grad_norm_estimate=proxy"],
-            "gvm_neyman": ["rollout.allocation=gvm", "rollout.gvm.rule=neyman", "trainer.grad_norm_estimate=proxy"]}
-COLORS = {"uniform": "tab:blue", "gvm": "tab:red", "gvm_neyman": "tab:green"}
+            "gvm_neyman": ["rollout.allocation=gvm", "rollout.gvm.rule=neyman", "trainer.grad_norm_estimate=proxy"],
+            # a Beta prior shaped like the pool's pass rates under uniform (mean ~0.17, most prompts never solved),
+            # so that a prompt failed 8 times looks hopeless (p ~ 0.01) instead of Beta(1, 1)'s p = 0.1
+            "gvm_neyman_pool_prior": ["rollout.allocation=gvm", "rollout.gvm.rule=neyman", "rollout.gvm.prior_a=0.1",
+                                      "rollout.gvm.prior_b=0.5", "trainer.grad_norm_estimate=proxy"]}
+COLORS = {"uniform": "tab:blue", "gvm": "tab:red", "gvm_neyman": "tab:green", "gvm_neyman_pool_prior": "tab:purple"}
 
 
 def run_one(setting: str, seed: int, minutes: float, out_dir: str) -> dict:
@@ -44,6 +48,7 @@ def run_one(setting: str, seed: int, minutes: float, out_dir: str) -> dict:
             # where the budget went as the policy improved: thirds of the run, by step
             "phases": [{"group_size_hist": sum_hists(part, "group_size_hist"),
                         "pass_rate_hist": sum_hists(part, "pass_rate_hist"),
+                        "pass_rate_samples": sum_hists(part, "pass_rate_samples"),
                         "groups_at_n_min": sum(s.get("groups_at_n_min", 0) for s in part),
                         "groups_at_n_max": sum(s.get("groups_at_n_max", 0) for s in part)}
                        for part in thirds([s for s in steps if s["step"] > 0])]}
@@ -77,6 +82,29 @@ def summarize(vals: list) -> dict:
     return {"mean": round(statistics.mean(vals), 4), "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
+def summarize_runs(runs: list[dict], target: float, budget: int) -> tuple[dict, dict]:
+    summary = {}
+    for setting in SETTINGS:
+        rs = sorted((r for r in runs if r["setting"] == setting), key=lambda r: r["seed"])
+        reach = [first_reaching(r["curve"], target) for r in rs]
+        summary[setting] = {"reached_target": f"{sum(t is not None for t, _ in reach)}/{len(rs)}",
+                            # per seed, None = not reached within the run (censored: mean/min/max are over the rest)
+                            "tokens_to_target_per_seed": [t for t, _ in reach],
+                            "tokens_to_target": summarize([t for t, _ in reach]),
+                            "seconds_to_target": summarize([s for _, s in reach]),
+                            "success_at_budget": summarize([success_at(r["curve"], budget) for r in rs]),
+                            "final_success": summarize([r["final_success"] for r in rs])}
+    ratios = {}
+    for k, v in summary.items():  # paired by seed, over the seeds where both settings reached the target
+        pairs = [(u, g) for u, g in zip(summary["uniform"]["tokens_to_target_per_seed"],
+                                        v["tokens_to_target_per_seed"]) if u and g]
+        if k != "uniform":
+            ratios[f"uniform_over_{k}_tokens"] = {"per_seed_pairs": [round(u / g, 2) for u, g in pairs],
+                                                  "mean": round(statistics.mean(u / g for u, g in pairs), 2)
+                                                  if pairs else None}
+    return summary, ratios
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
@@ -94,17 +122,7 @@ def main() -> None:
     uniform = [r for r in runs if r["setting"] == "uniform"]
     target = args.target if args.target is not None else min(max(s for *_, s in r["curve"]) for r in uniform)
     budget = min(r["gen_tokens"] for r in runs)
-    summary = {}
-    for setting in SETTINGS:
-        rs = [r for r in runs if r["setting"] == setting]
-        reach = [first_reaching(r["curve"], target) for r in rs]
-        summary[setting] = {"tokens_to_target": summarize([t for t, _ in reach]),
-                            "seconds_to_target": summarize([s for _, s in reach]),
-                            "success_at_budget": summarize([success_at(r["curve"], budget) for r in rs])}
-    u = summary["uniform"]["tokens_to_target"]["mean"]
-    ratios = {f"uniform_over_{k}_tokens": (round(u / v["tokens_to_target"]["mean"], 2)
-                                           if u and v["tokens_to_target"]["mean"] else None)
-              for k, v in summary.items() if k != "uniform"}
+    summary, ratios = summarize_runs(runs, target, budget)
     meta = {"command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d"),
             "machine": f"{os.cpu_count()} CPU cores", "target_success": target, "token_budget": budget,
             **ratios}
@@ -137,8 +155,9 @@ def plot(runs: list[dict], path: str, target: float) -> None:
 
 
 def plot_allocation(runs: list[dict], path: str) -> None:
-    """Top: each GVM rule's group-size histogram per third of the run (seeds pooled). Bottom: pass-rate histogram
-    of the trained groups per third and setting: the share at 0 or 1 is budget GRPO cannot learn from."""
+    """Top: each GVM setting's group-size histogram per third of the run (seeds pooled). Bottom: the share of
+    generated samples that went to groups of each pass rate, per setting: samples at 0 or 1 are budget that a
+    group-baselined advantage cannot learn from."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +166,7 @@ def plot_allocation(runs: list[dict], path: str) -> None:
     from launcher.metrics import PASS_RATE_BINS
 
     rules = [k for k in SETTINGS if k != "uniform"]
-    fig = plt.figure(figsize=(10, 7.5))
+    fig = plt.figure(figsize=(4 * len(rules), 7.5))
     for j, setting in enumerate(rules):
         ax = fig.add_subplot(2, len(rules), j + 1)
         rs = [r for r in runs if r["setting"] == setting]
@@ -158,23 +177,22 @@ def plot_allocation(runs: list[dict], path: str) -> None:
             ax.bar([x + (i - 1) * 0.27 for x in range(len(sizes))], [c / total for c in counts], 0.27,
                    color=COLORS[setting], alpha=(0.35, 0.65, 1.0)[i], label=f"third {i + 1}")
         ax.set_xticks(range(len(sizes)), [str(n) for n in sizes], fontsize=6)
-        ax.set_xlabel(f"samples in the group ({setting})")
+        ax.set_xlabel(f"samples in the group\n({setting})", fontsize=8)
         ax.set_ylabel("share of groups")
         ax.legend(fontsize=7)
     ax = fig.add_subplot(2, 1, 2)
-    width = 0.9 / (3 * len(SETTINGS))
+    width = 0.8 / len(SETTINGS)
     for j, setting in enumerate(SETTINGS):
         rs = [r for r in runs if r["setting"] == setting]
-        for i in range(3):
-            counts = [sum(r["phases"][i]["pass_rate_hist"].get(b, 0) for r in rs) for b in PASS_RATE_BINS]
-            total = max(sum(counts), 1)
-            offset = (3 * j + i - (3 * len(SETTINGS) - 1) / 2) * width
-            ax.bar([x + offset for x in range(len(PASS_RATE_BINS))], [c / total for c in counts], width,
-                   color=COLORS[setting], alpha=(0.35, 0.65, 1.0)[i], label=f"{setting} third {i + 1}")
+        counts = [sum(ph.get("pass_rate_samples", {}).get(b, 0) for r in rs for ph in r["phases"])
+                  for b in PASS_RATE_BINS]
+        total = max(sum(counts), 1)
+        ax.bar([x + (j - (len(SETTINGS) - 1) / 2) * width for x in range(len(PASS_RATE_BINS))],
+               [c / total for c in counts], width, color=COLORS[setting], label=setting)
     ax.set_xticks(range(len(PASS_RATE_BINS)), PASS_RATE_BINS)
-    ax.set_xlabel("pass rate of a trained group")
-    ax.set_ylabel("share of groups")
-    ax.legend(fontsize=7, ncol=3)
+    ax.set_xlabel("pass rate of the trained group")
+    ax.set_ylabel("share of generated samples")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -17,10 +17,11 @@ def test_pass_rate_histogram_bins_by_quarter_with_exact_zero_and_one():
               _group([1, 1, 1, 0]),      # 0.75
               _group([1, 1, 1, 1, 1, 0]),  # 0.833
               _group([1, 1]), _group([1.0, 1.0, 1.0])]  # 1, 1
-    assert pass_rate_histogram(groups, pass_threshold=1.0) == {
-        "0": 1, "0-0.25": 1, "0.25-0.5": 2, "0.5-0.75": 1, "0.75-1": 1, "1": 2}
+    groups_hist, samples_hist = pass_rate_histogram(groups, pass_threshold=1.0)
+    assert groups_hist == {"0": 1, "0-0.25": 1, "0.25-0.5": 2, "0.5-0.75": 1, "0.75-1": 1, "1": 2}
+    assert samples_hist == {"0": 2, "0-0.25": 4, "0.25-0.5": 5, "0.5-0.75": 4, "0.75-1": 6, "1": 5}
 
 
 def test_pass_rate_histogram_uses_the_threshold():
-    assert pass_rate_histogram([_group([0.4, 0.6])], pass_threshold=0.5)["0.25-0.5"] == 1
-    assert pass_rate_histogram([_group([0.4, 0.6])], pass_threshold=0.3)["1"] == 1
+    assert pass_rate_histogram([_group([0.4, 0.6])], pass_threshold=0.5)[0]["0.25-0.5"] == 1
+    assert pass_rate_histogram([_group([0.4, 0.6])], pass_threshold=0.3)[0]["1"] == 1
