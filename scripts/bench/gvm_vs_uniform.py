@@ -112,7 +112,14 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=None, help="default: best success uniform reaches on every seed")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench", "gvm.json"))
     ap.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "gvm_study"))
+    ap.add_argument("--replot", action="store_true", help="only redraw the plots from the JSON at --out")
     args = ap.parse_args()
+    if args.replot:
+        with open(args.out) as f:
+            saved = json.load(f)
+        plot(saved["runs"], args.out.replace(".json", ".png"), saved["meta"]["target_success"])
+        plot_allocation(saved["runs"], args.out.replace(".json", "_allocation.png"))
+        return
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for setting in SETTINGS:
@@ -135,16 +142,26 @@ def main() -> None:
 
 
 def plot(runs: list[dict], path: str, target: float) -> None:
+    """One line per setting: the mean over seeds of held-out success at each token count (each run's latest
+    evaluation at or before it), with the seeds' min-max as a band, up to the shortest run of the setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in runs:
-        toks, _, succ = zip(*r["curve"])
-        ax.plot(toks, succ, color=COLORS[r["setting"]], alpha=0.8,
-                label=f"{r['setting']} seed {r['seed']}")
+    def success_at_tokens(curve: list, tokens: float) -> float:
+        return max((c for c in curve if c[0] <= tokens), key=lambda c: c[0])[2]
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for setting in SETTINGS:
+        rs = [r for r in runs if r["setting"] == setting]
+        end = min(r["curve"][-1][0] for r in rs)
+        grid = [end * k / 200 for k in range(201)]
+        per_seed = [[success_at_tokens(r["curve"], t) for t in grid] for r in rs]
+        mean = [statistics.mean(v) for v in zip(*per_seed)]
+        ax.plot(grid, mean, color=COLORS[setting], label=f"{setting} (mean of {len(rs)} seeds)")
+        ax.fill_between(grid, [min(v) for v in zip(*per_seed)], [max(v) for v in zip(*per_seed)],
+                        color=COLORS[setting], alpha=0.12, linewidth=0)
     ax.axhline(target, color="gray", linestyle=":", label="target")
     ax.set_xlabel("generated tokens (pilot samples included)")
     ax.set_ylabel("held-out greedy success")
