@@ -54,12 +54,15 @@ def one_mode(args) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = TrainerConfig(lr=2e-4, micro_batches=args.micro_batches, zero_stage=2, prox_forward=args.only,
-                        grad_norm_estimate=args.grad_norm_estimate, cpus_per_rank=args.threads)
+                        grad_norm_estimate=args.grad_norm_estimate, cpus_per_rank=args.threads, dtype=args.dtype,
+                        gpus_per_rank=1.0 if args.gpu else 0.0)
     rank = TrainerRank(0, 1, "127.0.0.1", port, os.path.abspath(args.model), cfg, seed=args.seed)
     seconds, tokens = [], 0
     for i, step in enumerate(batches(args, rank.engine.module.config.vocab_size)):
         t0 = time.perf_counter()
         result = rank.train_step(step)
+        if args.gpu:
+            torch.cuda.synchronize()
         if i >= args.warmup:
             seconds.append(time.perf_counter() - t0)
             tokens += result["tokens"]
@@ -78,6 +81,8 @@ def main() -> None:
     ap.add_argument("--micro-batches", type=int, default=1)
     ap.add_argument("--grad-norm-estimate", default="none")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--gpu", action="store_true", help="the trainer rank on GPU 0 (NCCL process group)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench", "prox_forward.json"))
     ap.add_argument("--only", choices=("grad_pass", "separate"), help=argparse.SUPPRESS)
@@ -95,7 +100,7 @@ def main() -> None:
         results[mode] = json.loads(lines[-1][7:])
         print(mode, results[mode], flush=True)
     out = {"meta": {"command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d"),
-                    "machine": f"{os.cpu_count()} CPU cores, no GPU",
+                    "machine": _machine(args.gpu),
                     **{k: v for k, v in vars(args).items() if k not in ("out", "only")}},
            **results,
            "speedup": round(results["separate"]["step_s_median"] / results["grad_pass"]["step_s_median"], 3)}
@@ -103,6 +108,14 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
     print(json.dumps(out, indent=1))
+
+
+def _machine(gpu: bool) -> str:
+    if gpu:
+        import torch
+
+        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
+    return f"{os.cpu_count()} CPU cores, no GPU"
 
 
 if __name__ == "__main__":
