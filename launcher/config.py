@@ -145,6 +145,8 @@ def _validate_algorithms(cfg: SlipstreamConfig, need) -> None:
 def _validate_allocation(cfg: SlipstreamConfig, need) -> None:
     r, g = cfg.rollout, cfg.rollout.gvm
     need(r.allocation in ("uniform", "gvm"), f"rollout.allocation={r.allocation!r}: one of uniform, gvm")
+    need(cfg.trainer.prox_forward in ("grad_pass", "separate"),
+         f"trainer.prox_forward={cfg.trainer.prox_forward!r}: one of grad_pass, separate")
     need(cfg.trainer.grad_norm_estimate in ("none", "proxy", "exact"),
          f"trainer.grad_norm_estimate={cfg.trainer.grad_norm_estimate!r}: one of none, proxy, exact")
     need(cfg.trainer.grad_norm_estimate != "exact" or cfg.trainer.zero_stage < 3,

@@ -51,6 +51,9 @@ class TrainerConfig:
     weight_transport: str = "store"  # store (Ray object store); nccl comes later behind the same interface
     # Per-prompt gradient-norm estimate written back for GVM allocation: none | proxy | exact (trainer/grad_norms.py)
     grad_norm_estimate: str = "none"
+    # pi_prox: "grad_pass" takes it from the gradient pass (exact: the weights change only after the last
+    # micro-batch); "separate" runs a no-grad forward first (a third more compute; scripts/bench/prox_forward.py)
+    prox_forward: str = "grad_pass"
     accept_threshold: float = 1.0  # samples with reward >= this are "accepted" for the estimate (paper: correct)
     loss: LossConfig = field(default_factory=LossConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)

@@ -7,7 +7,10 @@ steps the optimizers and hands weights to a transport. On CPU DeepSpeed talks gl
 Invariants:
 - one `train_step` call = exactly one optimizer step of the policy (and of the critic, if any), whatever the
   number of micro-batches; every rank steps the same number of micro-batches, even with fewer rows;
-- proximal log-probs, reference log-probs and old values come from the weights before the step;
+- proximal log-probs, reference log-probs and old values come from the weights before the step. Because of
+  the first invariant, pi_prox is exactly `logp.detach()` of the gradient pass (the weights change only after
+  the last micro-batch), so a separate no-grad policy forward runs only when the advantages need pi_prox
+  before the update (KL folded into the reward) or when `trainer.prox_forward=separate` asks for it;
 - `named_weights` is collective under ZeRO-3 (every rank must call it): parameters are gathered one by one.
 """
 from __future__ import annotations
@@ -116,18 +119,25 @@ class TrainerRank:
     def _logits(self, model, mb: TrainBatch) -> torch.Tensor:
         return model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]  # [b, T, V]
 
+    @property
+    def _separate_prox_forward(self) -> bool:
+        kl_in_reward = self.ref is not None and self.cfg.loss.kl_in == "reward"
+        return kl_in_reward or self.cfg.prox_forward == "separate"
+
     @torch.no_grad()
     def _before_step(self, batch: TrainBatch, slices: list[slice]) -> dict[str, torch.Tensor]:
-        """Everything that must come from the weights before the step, for the whole batch: [B, T] each."""
+        """What must come from the weights before the step and is not a by-product of the gradient pass, for the
+        whole batch: [B, T] each ("prox" and its proxy "grad_norms" only with a separate forward)."""
         out = {"prox": [], "ref": [], "values": [], "grad_norms": []}
         for sl in slices:
             mb = batch.select(sl)
             if not len(mb.rewards):
                 continue
-            logits = self._logits(self.engine, mb)
-            out["prox"].append(token_logprobs(logits, mb.targets))
-            if self.cfg.grad_norm_estimate == "proxy":
-                out["grad_norms"].append(proxy_grad_norms(logits, mb.targets, mb.response_mask))
+            if self._separate_prox_forward:
+                logits = self._logits(self.engine, mb)
+                out["prox"].append(token_logprobs(logits, mb.targets))
+                if self.cfg.grad_norm_estimate == "proxy":
+                    out["grad_norms"].append(proxy_grad_norms(logits, mb.targets, mb.response_mask))
             if self.ref is not None:
                 out["ref"].append(token_logprobs(self._logits(self.ref, mb), mb.targets))
             if self.critic is not None:
@@ -149,19 +159,19 @@ class TrainerRank:
                                       scale_by_std=adv_cfg.scale_by_std, batch_center=adv_cfg.batch_center)
         return seq_adv[:, None] * mask, None  # [B, T]
 
-    def _grad_norms(self, batch: TrainBatch, slices: list[slice], before: dict, groups: list) -> tuple[dict, float]:
-        """Per-prompt G_i (mean over accepted samples) with the weights before the step, and its seconds."""
-        if self.cfg.grad_norm_estimate == "none" or not len(batch.rewards):
-            return {}, 0.0
+    def _exact_grad_norms(self, batch: TrainBatch, slices: list[slice]) -> tuple[torch.Tensor, float]:
+        """[B] per-sample norms with the weights before the step: one backward per sample (autograd.grad leaves
+        .grad alone), and their seconds."""
         t0 = time.perf_counter()
-        if self.cfg.grad_norm_estimate == "exact":  # one backward per sample; autograd.grad leaves .grad alone
-            module = self.engine.module
-            norms = torch.cat([exact_grad_norms(module, mb.input_ids, mb.attention_mask, mb.targets, mb.response_mask)
-                               for mb in (batch.select(sl) for sl in slices) if len(mb.rewards)])
-        else:
-            norms = before["grad_norms"]  # [B], from the pi_prox forward pass
+        module = self.engine.module
+        norms = torch.cat([exact_grad_norms(module, mb.input_ids, mb.attention_mask, mb.targets, mb.response_mask)
+                           for mb in (batch.select(sl) for sl in slices) if len(mb.rewards)])
+        return norms, time.perf_counter() - t0
+
+    def _prompt_grad_norms(self, batch: TrainBatch, norms: torch.Tensor, groups: list) -> dict[str, float]:
+        """Per-prompt G_i: the mean over each group's accepted samples."""
         means = prompt_means(norms.detach(), batch.group_ids, batch.rewards >= self.cfg.accept_threshold)
-        return {groups[g].prompt_id: v for g, v in means.items()}, time.perf_counter() - t0
+        return {groups[g].prompt_id: v for g, v in means.items()}
 
     def train_step(self, encoded_groups: list[bytes]) -> dict:
         t0 = time.perf_counter()
@@ -169,9 +179,14 @@ class TrainerRank:
         batch = build_train_batch(groups).to(self.engine.device)
         slices = self._slices(len(batch.rewards))
         before = self._before_step(batch, slices)
-        grad_norms, grad_norm_s = self._grad_norms(batch, slices, before, groups)
-        advantages, returns = self._advantages(batch, before) if before["prox"] is not None else (None, None)
-        totals = self._policy_update(batch, slices, before, advantages)
+        estimate, norms, grad_norm_s = self.cfg.grad_norm_estimate, None, 0.0
+        if estimate == "exact" and len(batch.rewards):
+            norms, grad_norm_s = self._exact_grad_norms(batch, slices)
+        advantages, returns = self._advantages(batch, before) if len(batch.rewards) else (None, None)
+        totals, proxy = self._policy_update(batch, slices, before, advantages)
+        if estimate == "proxy" and len(batch.rewards):
+            norms, grad_norm_s = proxy
+        grad_norms = self._prompt_grad_norms(batch, norms, groups) if norms is not None else {}
         if self.critic is not None:
             totals["value_loss"] = self._critic_update(batch, slices, before, returns)
         rewards = batch.rewards.tolist()
@@ -182,8 +197,12 @@ class TrainerRank:
                 "sequences": len(rewards), "reward_mean": sum(rewards) / max(len(rewards), 1),
                 "response_len_mean": sum(lengths) / max(len(lengths), 1)}
 
-    def _policy_update(self, batch: TrainBatch, slices: list[slice], before: dict, advantages) -> dict:
+    def _policy_update(self, batch: TrainBatch, slices: list[slice], before: dict,
+                       advantages) -> tuple[dict, tuple[torch.Tensor | None, float]]:
+        """One optimizer step over the micro-batches. Returns the step's totals, and the proxy gradient norms [B]
+        with their seconds (taken from this pass's logits unless the separate forward already made them)."""
         cfg = self.cfg.loss
+        proxy_norms, proxy_s = [], 0.0
         params = PolicyLossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
                                   max_behaviour_weight=cfg.max_behaviour_weight, tis_cap=cfg.tis_cap)
         step_tokens = max(int(batch.response_mask.sum()), 1)
@@ -195,9 +214,14 @@ class TrainerRank:
             if not len(mb.rewards):  # this rank has fewer rows than micro-batches: a zero step keeps ranks in step
                 loss = _zero_loss(self.engine)
             else:
-                mask, prox = mb.response_mask, before["prox"][sl]
+                mask = mb.response_mask
                 logits = self._logits(self.engine, mb)
                 logp = token_logprobs(logits, mb.targets)
+                prox = before["prox"][sl] if before["prox"] is not None else logp.detach()
+                if self.cfg.grad_norm_estimate == "proxy" and before["grad_norms"] is None:
+                    t0 = time.perf_counter()
+                    proxy_norms.append(proxy_grad_norms(logits.detach(), mb.targets, mask))
+                    proxy_s += time.perf_counter() - t0
                 per_token, stats = policy_loss(cfg.name, logp, prox, mb.behaviour_logp, advantages[sl], mask, params)
                 loss = aggregate(per_token, mask, cfg.aggregation, **norm)
                 share = int(mask.sum()) / step_tokens
@@ -221,7 +245,9 @@ class TrainerRank:
                                     f"taken and the batch stays in the buffer. Lower trainer.lr or check rewards")
             self.engine.backward(loss, scale_wrt_gas=False)
             self.engine.step()
-        return totals
+        if before["grad_norms"] is not None:
+            return totals, (before["grad_norms"], 0.0)  # made by the separate forward (not timed apart)
+        return totals, (torch.cat(proxy_norms) if proxy_norms else None, proxy_s)
 
     def _critic_update(self, batch: TrainBatch, slices: list[slice], before: dict, returns) -> float:
         total, step_tokens = 0.0, max(int(batch.response_mask.sum()), 1)

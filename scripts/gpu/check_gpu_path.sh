@@ -6,12 +6,26 @@
 #   2. scripts/train.py, the CPU demo's settings on one GPU: rollout worker and trainer rank share it,
 #      vLLM bf16, DeepSpeed ZeRO-2 bf16 with the float32 LM head, weights through the Ray object store
 #   3. scripts/bench/rollout_vs_engine.py --gpu on the same model
+#   4. (stage scale_rollout) the same bench on a random model of Qwen2.5-0.5B's shape, 256 new tokens
+#   5. (stage scale_trainer) scripts/bench/prox_forward.py --gpu: trainer step time, bf16, that model
 set -u
 OUT=${OUT:-/tmp/slipstream-gpu}
 mkdir -p "$OUT"
 step() { echo "== $1"; shift; "$@" > >(tee -a "$OUT/log.txt") 2>&1; echo "== exit $?" | tee -a "$OUT/log.txt"; }
 
-stage=${1:-all}  # all | e2e (steps 1-2) | bench (step 3): one device command must end within 10 minutes
+stage=${1:-all}  # all (1-3) | e2e (1-2) | bench (3) | scale_rollout (4) | scale_trainer (5): a device command
+                # must end within 10 minutes
+MODEL=/tmp/qwen2-0.5b-random
+if [ "$stage" = scale_rollout ] || [ "$stage" = scale_trainer ]; then
+  [ -f $MODEL/config.json ] || step model python scripts/gpu/make_random_model.py --out $MODEL
+  [ "$stage" = scale_rollout ] && step scale_rollout timeout 420 python scripts/bench/rollout_vs_engine.py --gpu \
+    --model $MODEL --max-new-tokens 256 --max-model-len 320 --groups-per-call 64 --seconds 45 \
+    --gpu-memory-utilization 0.4 --dtype bfloat16 --out "$OUT/rollout_vs_engine_0.5b.json"
+  [ "$stage" = scale_trainer ] && step scale_trainer timeout 300 python scripts/bench/prox_forward.py --gpu \
+    --dtype bfloat16 --model $MODEL --groups 32 --group-size 8 --max-response 256 --steps 20 \
+    --out "$OUT/prox_forward_0.5b.json"
+  exit 0
+fi
 if [ "$stage" != bench ]; then
 step versions python - <<'PY'
 import torch, vllm, deepspeed, ray

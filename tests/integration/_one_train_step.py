@@ -1,0 +1,43 @@
+"""One TrainerRank step in a fresh process (DeepSpeed's process group is per process), for
+test_trainer_prox_forward.py. Usage: python _one_train_step.py MODEL_DIR PROX_FORWARD OUT_FILE"""
+import os
+import socket
+import sys
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from buffer.schema import Group, Sample, encode_group  # noqa: E402
+from trainer.config import TrainerConfig  # noqa: E402
+from trainer.rank import TrainerRank  # noqa: E402
+
+
+def groups(vocab: int) -> list[bytes]:
+    """4 prompts x 3 samples of random tokens, mixed rewards, behaviour log-probs slightly off-policy."""
+    rng = np.random.default_rng(0)
+    out = []
+    for g in range(4):
+        prompt = rng.integers(1, vocab, size=5 + g).astype(np.int32)
+        samples = []
+        for j in range(3):
+            resp = rng.integers(1, vocab, size=2 + (g + j) % 4).astype(np.int32)
+            samples.append(Sample(prompt, resp, rng.uniform(-4, -1, len(resp)).astype(np.float32),
+                                  np.zeros(len(resp), np.int32), float((g + j) % 2), "stop"))
+        out.append(encode_group(Group(f"p{g}", "", samples)))
+    return out
+
+
+if __name__ == "__main__":
+    model, prox_forward, out_file = sys.argv[1:4]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = TrainerConfig(lr=1e-3, micro_batches=2, zero_stage=2, grad_norm_estimate="proxy", prox_forward=prox_forward)
+    rank = TrainerRank(0, 1, "127.0.0.1", port, model, cfg, seed=0)
+    before = {k: v.detach().clone() for k, v in rank.engine.module.state_dict().items()}
+    result = rank.train_step(groups(rank.engine.module.config.vocab_size))
+    torch.save({"before": before, "weights": {k: v.detach().clone() for k, v in rank.engine.module.state_dict().items()},
+                "result": result}, out_file)
