@@ -22,7 +22,7 @@ if [ "$stage" = scale_rollout ] || [ "$stage" = scale_trainer ]; then
     --model $MODEL --max-new-tokens 256 --max-model-len 320 --groups-per-call 64 --seconds 45 \
     --gpu-memory-utilization 0.4 --dtype bfloat16 --out "$OUT/rollout_vs_engine_0.5b.json"
   [ "$stage" = scale_trainer ] && step scale_trainer timeout 300 python scripts/bench/prox_forward.py --gpu \
-    --dtype bfloat16 --model $MODEL --groups 32 --group-size 8 --max-response 256 --steps 20 \
+    --dtype bfloat16 --model $MODEL --groups 32 --group-size 8 --max-response 256 --steps 20 --micro-batches 8 \
     --out "$OUT/prox_forward_0.5b.json"
   exit 0
 fi
