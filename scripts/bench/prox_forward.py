@@ -9,11 +9,9 @@ Writes docs/bench/prox_forward.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import time
 
@@ -21,6 +19,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+
+from two_sided import report_side, run_side, write_result  # noqa: E402  (scripts/bench, beside this file)
 
 
 def batches(args, vocab: int) -> list[list[bytes]]:
@@ -88,34 +88,11 @@ def main() -> None:
     ap.add_argument("--only", choices=("grad_pass", "separate"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.only:
-        print("RESULT " + json.dumps(one_mode(args)), flush=True)
+        report_side(one_mode(args))
         return
-    results = {}
-    for mode in ("separate", "grad_pass"):
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--only", mode],
-                              capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        results[mode] = json.loads(lines[-1][7:])
-        print(mode, results[mode], flush=True)
-    out = {"meta": {"command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d"),
-                    "machine": _machine(args.gpu),
-                    **{k: v for k, v in vars(args).items() if k not in ("out", "only")}},
-           **results,
-           "speedup": round(results["separate"]["step_s_median"] / results["grad_pass"]["step_s_median"], 3)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(json.dumps(out, indent=1))
-
-
-def _machine(gpu: bool) -> str:
-    if gpu:
-        import torch
-
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
-    return f"{os.cpu_count()} CPU cores, no GPU"
+    results = {mode: run_side(__file__, mode) for mode in ("separate", "grad_pass")}
+    write_result(args.out, args, args.gpu, **results,
+                 speedup=round(results["separate"]["step_s_median"] / results["grad_pass"]["step_s_median"], 3))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ Writes docs/bench/rollout_vs_engine.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import threading
 import time
+
+from two_sided import report_side, run_side, write_result  # scripts/bench, beside this file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,12 +27,15 @@ def rollout_config(args):
 
     return RolloutConfig(group_size=args.group_size, groups_per_call=args.groups_per_call,
                          max_new_tokens=args.max_new_tokens, max_model_len=args.max_model_len, dtype=args.dtype,
-                         gpus_per_worker=1.0 if args.gpu else 0.0, cpus_per_worker=1.0 if args.gpu else 2.0,
+                         gpus_per_worker=1.0 if args.gpu else 0.0, cpus_per_worker=args.cpus,
                          gpu_memory_utilization=args.gpu_memory_utilization)
 
 
 def bare_engine(args) -> dict:
     """Tokens/s of the engine alone, with the worker's prompts and sampling settings."""
+    # the same threads as the worker actor gets: Ray sets OMP_NUM_THREADS to the actor's CPUs, and the worker
+    # keeps it (a first run without this compared 1 thread in the actor with 16 in this process on the GPU host)
+    os.environ["OMP_NUM_THREADS"] = str(int(args.cpus))
     if not args.gpu:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -124,42 +126,19 @@ def main() -> None:
     ap.add_argument("--max-operands", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--gpu", action="store_true", help="engine on one GPU (both runs)")
+    ap.add_argument("--cpus", type=float, default=2.0, help="CPUs of the worker actor; the bare side gets as many "
+                    "threads")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench", "rollout_vs_engine.json"))
     ap.add_argument("--only", choices=("bare", "worker"), help=argparse.SUPPRESS)  # one side, in a child process
     args = ap.parse_args()
     if args.only:
-        print("RESULT " + json.dumps((bare_engine if args.only == "bare" else rollout_worker)(args)), flush=True)
+        report_side((bare_engine if args.only == "bare" else rollout_worker)(args))
         return
-    # each side in a fresh process, so that neither inherits the other's engine, threads or memory
-    bare, worker = (_child(side) for side in ("bare", "worker"))
-    result = {"meta": {"command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d"),
-                       "machine": _machine(args.gpu), **{k: v for k, v in vars(args).items() if k != "out"}},
-              "bare_engine": bare, "rollout_worker": worker,
-              "worker_over_bare": round(worker["tokens_per_s"] / bare["tokens_per_s"], 3)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps(result, indent=1))
-
-
-def _child(side: str) -> dict:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--only", side],
-                          capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"the {side} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    print(side, lines[-1][7:], flush=True)
-    return json.loads(lines[-1][7:])
-
-
-def _machine(gpu: bool) -> str:
-    if gpu:
-        import torch
-
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
-    return f"{os.cpu_count()} CPU cores, no GPU"
+    bare, worker = (run_side(__file__, side) for side in ("bare", "worker"))
+    write_result(args.out, args, args.gpu, bare_engine=bare, rollout_worker=worker,
+                 worker_over_bare=round(worker["tokens_per_s"] / bare["tokens_per_s"], 3))
 
 
 if __name__ == "__main__":

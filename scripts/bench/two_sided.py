@@ -1,0 +1,48 @@
+"""What the two-sided benchmarks share: each side measured in a fresh child process (so that neither inherits
+the other's engine, process group, threads or memory), and one JSON result with the command, machine and date.
+
+A script using it re-runs itself with `--only SIDE`; the child prints its result as one `RESULT {json}` line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def run_side(script: str, side: str) -> dict:
+    """Run `script` with this process's arguments plus `--only side`; return the child's RESULT."""
+    proc = subprocess.run([sys.executable, os.path.abspath(script), *sys.argv[1:], "--only", side],
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"the {side} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    print(side, json.dumps(result), flush=True)
+    return result
+
+
+def report_side(result: dict) -> None:
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def write_result(path: str, args, gpu: bool, **results) -> dict:
+    """Write {"meta": command, date, machine, arguments; **results} to `path` and print it."""
+    out = {"meta": {"command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d"),
+                    "machine": machine(gpu), **{k: v for k, v in vars(args).items() if k not in ("out", "only")}},
+           **results}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(json.dumps(out, indent=1))
+    return out
+
+
+def machine(gpu: bool) -> str:
+    if gpu:
+        import torch
+
+        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
+    return f"{os.cpu_count()} CPU cores, no GPU"
