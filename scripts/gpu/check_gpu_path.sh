@@ -18,7 +18,7 @@ stage=${1:-all}  # all (1-3) | e2e (1-2) | bench (3) | scale_rollout (4) | scale
 MODEL=/tmp/qwen2-0.5b-random
 if [ "$stage" = scale_rollout ] || [ "$stage" = scale_trainer ]; then
   [ -f $MODEL/config.json ] || step model python scripts/gpu/make_random_model.py --out $MODEL
-  [ "$stage" = scale_rollout ] && step scale_rollout timeout 420 python scripts/bench/rollout_vs_engine.py --gpu \
+  [ "$stage" = scale_rollout ] && step scale_rollout timeout 420 python scripts/bench/rollout_vs_engine.py --gpu --cpus 4 \
     --model $MODEL --max-new-tokens 256 --max-model-len 320 --groups-per-call 64 --seconds 45 \
     --gpu-memory-utilization 0.4 --dtype bfloat16 --out "$OUT/rollout_vs_engine_0.5b.json"
   [ "$stage" = scale_trainer ] && step scale_trainer timeout 300 python scripts/bench/prox_forward.py --gpu \
@@ -39,5 +39,5 @@ step e2e timeout 330 python scripts/train.py +experiment=cpu_demo run.max_minute
   trainer.gpus_per_rank=0.5 trainer.dtype=bfloat16 hydra.run.dir=/tmp/e2e
 cp /tmp/e2e/metrics.jsonl "$OUT/e2e_metrics.jsonl"; cp /tmp/e2e/summary.json "$OUT/e2e_summary.json"
 fi
-[ "$stage" = e2e ] || step bench timeout 300 python scripts/bench/rollout_vs_engine.py --gpu --seconds 30 --gpu-memory-utilization 0.3 \
+[ "$stage" = e2e ] || step bench timeout 300 python scripts/bench/rollout_vs_engine.py --gpu --cpus 4 --seconds 30 --gpu-memory-utilization 0.3 \
   --dtype bfloat16 --out "$OUT/rollout_vs_engine.json"
