@@ -103,10 +103,12 @@ def _services() -> set[int]:
 
 def test_ctrl_c_stops_ray_engines_and_redis(tmp_path, tiny_model_path):
     before = _services()
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
+    # ignored: give the child the disposition a terminal's foreground job has, or Ctrl-C is not simulated at all.
     proc = subprocess.Popen(train_cmd(str(tmp_path), tiny_model_path, "run.total_steps=100000",
                                       "run.max_minutes=0"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     seen = ""
     while "step 3/" not in seen:
