@@ -68,7 +68,8 @@ def _start_ray(cfg: SlipstreamConfig, cleanup: contextlib.ExitStack) -> None:
         ray.init(address=cfg.run.ray_address, log_to_driver=False)
     else:
         # A laptop may have fewer cores than the parts ask for: oversubscribe rather than wait forever.
-        wanted = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.trainer.num_ranks * cfg.trainer.cpus_per_rank
+        wanted = (cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
+                  + cfg.trainer.num_ranks * cfg.trainer.cpus_per_rank)
         # address="local": always a private instance, never one that another job on this machine started
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
                  log_to_driver=False, logging_level=logging.WARNING)
@@ -167,7 +168,7 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
             timers["weight_sync_s"] = time.perf_counter() - t
             allocation = _allocation_metrics(cfg, prompt_stats, results, version)
             allocation["pass_rate_hist"], allocation["pass_rate_samples"] = pass_rate_histogram(
-                batch.groups, cfg.rollout.pass_threshold)
+                [rewards for r in results for rewards in r["group_rewards"]], cfg.rollout.pass_threshold)
             elapsed = time.time() - t_start
             out_of_time = cfg.run.max_minutes > 0 and elapsed > cfg.run.max_minutes * 60
             last = step == cfg.run.total_steps or out_of_time
@@ -211,7 +212,7 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
 
 def _allocation_metrics(cfg: SlipstreamConfig, prompt_stats: PromptStats, results: list[dict], version: int) -> dict:
     """Group sizes trained this step (the allocation's histogram), and the gradient-norm estimates written back."""
-    sizes = [n for r in results for n in r["group_sizes"]]
+    sizes = [len(rewards) for r in results for rewards in r["group_rewards"]]
     ids = [p for r in results for p in r["prompt_ids"]]
     out = {"group_size_hist": {str(n): sizes.count(n) for n in sorted(set(sizes))},
            "groups_at_n_min": sum(n <= cfg.rollout.gvm.n_min for n in sizes),
@@ -238,7 +239,8 @@ def _step_metrics(batch: PoppedBatch, results: list[dict], timers: dict, stats: 
         "staleness_mean": sum(batch.staleness) / len(batch.staleness), "staleness_max": max(batch.staleness),
         "buffer_depth": stats["buffered"], "running_groups": stats["running"],
         "dropped_stale": batch.dropped_stale, "dropped_stale_total": stats["dropped_stale"],
-        "gen_tokens_per_s": gen_tokens_per_s, "gen_tokens_total": stats["gen_tokens"], "trainer_tokens": tokens, "trainer_tokens_per_s": tokens / train_s,
+        "gen_tokens_per_s": gen_tokens_per_s, "gen_tokens_total": stats["gen_tokens"],
+        "trainer_tokens": tokens, "trainer_tokens_per_s": tokens / train_s,
         "loss": sum(r["loss"] for r in results), "clip_fraction": avg("clip_fraction"),
         "behaviour_weight_mean": avg("behaviour_weight_mean"), "masked_fraction": avg("masked_fraction"),
         "logprob_gap": avg("logprob_gap"), "entropy": avg("entropy"), "kl_ref": avg("kl_ref"),

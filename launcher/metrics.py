@@ -52,13 +52,14 @@ class MetricsWriter:
 PASS_RATE_BINS = ("0", "0-0.25", "0.25-0.5", "0.5-0.75", "0.75-1", "1")
 
 
-def pass_rate_histogram(groups: list, pass_threshold: float) -> tuple[dict[str, int], dict[str, int]]:
+def pass_rate_histogram(group_rewards: list[list[float]],
+                        pass_threshold: float) -> tuple[dict[str, int], dict[str, int]]:
     """Groups trained this step by their pass rate, and their samples: "0" and "1" exactly (the groups GRPO learns
     nothing from), the rest in quarters with the upper edge included. Where the groups fall shows the prompts'
     difficulty; where the samples fall shows where the allocation spent the budget."""
     groups_hist, samples_hist = dict.fromkeys(PASS_RATE_BINS, 0), dict.fromkeys(PASS_RATE_BINS, 0)
-    for g in groups:
-        rate = float((g.rewards >= pass_threshold).mean())
+    for rewards in group_rewards:  # one list of sample rewards per group, as the trainers return them
+        rate = sum(r >= pass_threshold for r in rewards) / len(rewards)
         if rate <= 0.0:
             key = "0"
         elif rate >= 1.0:
@@ -66,5 +67,5 @@ def pass_rate_histogram(groups: list, pass_threshold: float) -> tuple[dict[str, 
         else:
             key = PASS_RATE_BINS[1 + min(int((rate - 1e-9) * 4), 3)]
         groups_hist[key] += 1
-        samples_hist[key] += len(g.samples)
+        samples_hist[key] += len(rewards)
     return groups_hist, samples_hist

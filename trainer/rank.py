@@ -192,7 +192,8 @@ class TrainerRank:
         rewards = batch.rewards.tolist()
         lengths = batch.response_mask.sum(-1).tolist()
         return {**totals, "tokens": batch.num_tokens, "seconds": time.perf_counter() - t0,
-                "grad_norms": grad_norms, "grad_norm_s": grad_norm_s, "group_sizes": [len(g.samples) for g in groups],
+                "grad_norms": grad_norms, "grad_norm_s": grad_norm_s,
+                "group_rewards": [g.rewards.tolist() for g in groups],  # per group: its size and pass rate
                 "prompt_ids": [g.prompt_id for g in groups],
                 "sequences": len(rewards), "reward_mean": sum(rewards) / max(len(rewards), 1),
                 "response_len_mean": sum(lengths) / max(len(lengths), 1)}
