@@ -31,6 +31,7 @@ class RunConfig:
     max_minutes: float = 0.0  # stop after this wall-clock (0 = no limit); a final evaluation follows
     eval_every: int = 10  # held-out evaluation every K trainer steps (and before the first, after the last)
     eval_max_new_tokens: int = 8
+    eval_samples: int = 4  # samples per held-out prompt for the sampled success at rollout.temperature (0 = off)
     batch_timeout_s: float = 600.0  # give up if no batch arrives for this long (generators stuck or dead)
     ray_address: Optional[str] = None  # None: start a local Ray instance; "auto" or host:port: join a cluster
     tensorboard: bool = True
@@ -98,9 +99,17 @@ def validate(cfg: SlipstreamConfig) -> None:
          f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} leaves no room for a prompt in "
          f"rollout.max_model_len={cfg.rollout.max_model_len}")
     need(cfg.rollout.temperature > 0, "rollout.temperature must be > 0 for RL sampling (greedy gives no spread)")
+    need(cfg.rollout.top_p == 1.0,
+         f"rollout.top_p={cfg.rollout.top_p}: the trainer scores tokens under the full softmax(logits / temperature), "
+         f"not a top-p nucleus, so its ratios to the engine's log-probs would compare different distributions; "
+         f"use rollout.top_p=1.0 (and rollout.temperature to sharpen sampling)")
     need(cfg.trainer.groups_per_step >= 1, "trainer.groups_per_step must be >= 1")
     need(cfg.trainer.num_ranks >= 1, "trainer.num_ranks must be >= 1")
     need(cfg.trainer.micro_batches >= 1, "trainer.micro_batches must be >= 1")
+    need(cfg.trainer.ppo_epochs >= 1, f"trainer.ppo_epochs={cfg.trainer.ppo_epochs}: must be >= 1")
+    need(1 <= cfg.trainer.mini_batches_per_step <= cfg.trainer.groups_per_step,
+         f"trainer.mini_batches_per_step={cfg.trainer.mini_batches_per_step}: must be between 1 and "
+         f"trainer.groups_per_step={cfg.trainer.groups_per_step} (a mini-batch holds whole groups)")
     need(cfg.trainer.zero_stage in (0, 1, 2, 3), f"trainer.zero_stage={cfg.trainer.zero_stage}: one of 0, 1, 2, 3")
     need(cfg.trainer.lr > 0, "trainer.lr must be > 0")
     _validate_algorithms(cfg, need)

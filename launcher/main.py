@@ -110,7 +110,7 @@ def _start_trainers(cfg: SlipstreamConfig, cleanup: contextlib.ExitStack) -> lis
     actor = ray.remote(TrainerRank).options(num_cpus=cfg.trainer.cpus_per_rank, num_gpus=cfg.trainer.gpus_per_rank)
     master_addr, master_port = ray.util.get_node_ip_address(), free_port()
     ranks = [actor.remote(r, cfg.trainer.num_ranks, master_addr, master_port, os.path.abspath(cfg.model.path),
-                          cfg.trainer, cfg.run.seed) for r in range(cfg.trainer.num_ranks)]
+                          cfg.trainer, cfg.run.seed, cfg.rollout.temperature) for r in range(cfg.trainer.num_ranks)]
     cleanup.callback(lambda: [ray.kill(r) for r in ranks])
     return ranks
 
@@ -137,15 +137,21 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
     import ray
 
     held_out = ray.get(workers[0].held_out_prompts.remote())  # also waits for worker 0's engine to be up
+    evals = {"seconds": 0.0}
 
-    def evaluate() -> float:
-        return ray.get(workers[0].evaluate.remote(held_out, cfg.run.eval_max_new_tokens))["success"]
+    def evaluate() -> dict:
+        """Greedy held-out success, and sampled success at the rollout temperature, timed (not training time)."""
+        t = time.perf_counter()
+        out = ray.get(workers[0].evaluate.remote(held_out, cfg.run.eval_max_new_tokens, cfg.run.eval_samples))
+        evals["seconds"] += time.perf_counter() - t
+        return {"held_out_success": out["success"],
+                **({"held_out_sampled_success": out["sampled_success"]} if "sampled_success" in out else {})}
 
     metrics = MetricsWriter(run_dir, cfg.run.tensorboard)
     ray.get([t.__ray_ready__.remote() for t in trainers] + [w.__ray_ready__.remote() for w in workers])
     t_start = time.time()
     success_before = last_eval = evaluate()
-    metrics.write(0, {"held_out_success": success_before, "version": 0, "elapsed_s": 0.0})
+    metrics.write(0, {**success_before, "version": 0, "elapsed_s": 0.0, "train_elapsed_s": 0.0})
     runs = [w.run.remote() for w in workers]
     prompt_stats = PromptStats(buffer.client, buffer.prefix, grad_mix=cfg.rollout.gvm.grad_mix)
     totals = {"train_tokens": 0, "train_s": 0.0, "sync_s": 0.0}
@@ -181,22 +187,31 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
                               (stats["gen_tokens"] - prev_gen) / max(now - prev_t, 1e-9))
             prev_gen, prev_t = stats["gen_tokens"], now
             m.update(allocation)
+            m["train_elapsed_s"] = time.time() - t_start - evals["seconds"]  # wall-clock without evaluations
             if evaluated:
-                m["held_out_success"] = last_eval
+                m.update(last_eval)
             totals["train_tokens"] += m["trainer_tokens"]
             totals["train_s"] += timers["train_s"]
             totals["sync_s"] += timers["weight_sync_s"]
             metrics.write(step, m)
-            metrics.progress(step, cfg.run.total_steps, m, last_eval)
+            metrics.progress(step, cfg.run.total_steps, m, last_eval["held_out_success"])
             if out_of_time:
                 break
     finally:
         metrics.close()
     worker_stats = ray.get([w.stats.remote() for w in workers])
     elapsed = time.time() - t_start
+    before, after = success_before["held_out_success"], last_eval["held_out_success"]
     summary = {
-        "steps": step, "minutes": round(elapsed / 60, 2), "held_out_success_before": success_before,
-        "held_out_success_after": last_eval, "improvement_points": round(100 * (last_eval - success_before), 1),
+        "steps": step, "minutes": round(elapsed / 60, 2), "train_minutes": round((elapsed - evals["seconds"]) / 60, 2),
+        "eval_seconds": round(evals["seconds"], 1), "held_out_size": len(held_out),
+        "held_out_success_before": before, "held_out_success_after": after,
+        "improvement_points": round(100 * (after - before), 1),
+        **({"held_out_sampled_success_before": success_before["held_out_sampled_success"],
+            "held_out_sampled_success_after": last_eval["held_out_sampled_success"],
+            "improvement_points_sampled": round(100 * (last_eval["held_out_sampled_success"]
+                                                       - success_before["held_out_sampled_success"]), 1)}
+           if "held_out_sampled_success" in last_eval else {}),
         "generation_tokens_per_s": round(buffer.stats()["gen_tokens"] / elapsed, 1),
         "trainer_tokens_per_s": round(totals["train_tokens"] / max(totals["train_s"], 1e-9), 1),
         "weight_sync_s_mean": round(totals["sync_s"] / max(step, 1), 4),
@@ -205,7 +220,7 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
     }
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    print(f"done: held-out success {success_before:.3f} -> {last_eval:.3f} in {summary['minutes']} min "
+    print(f"done: held-out success {before:.3f} -> {after:.3f} in {summary['minutes']} min "
           f"({step} steps); run directory {run_dir}", flush=True)
     return summary
 
@@ -241,6 +256,7 @@ def _step_metrics(batch: PoppedBatch, results: list[dict], timers: dict, stats: 
         "dropped_stale": batch.dropped_stale, "dropped_stale_total": stats["dropped_stale"],
         "gen_tokens_per_s": gen_tokens_per_s, "gen_tokens_total": stats["gen_tokens"],
         "trainer_tokens": tokens, "trainer_tokens_per_s": tokens / train_s,
+        "optimizer_steps": results[0]["optimizer_steps"],
         "loss": sum(r["loss"] for r in results), "clip_fraction": avg("clip_fraction"),
         "behaviour_weight_mean": avg("behaviour_weight_mean"), "masked_fraction": avg("masked_fraction"),
         "logprob_gap": avg("logprob_gap"), "entropy": avg("entropy"), "kl_ref": avg("kl_ref"),

@@ -3,13 +3,19 @@
 1. a character-level tokenizer (every printable ASCII character is a token), saved as a Hugging Face
    tokenizer (`tokenizer.json`), so vLLM and transformers load it like any other;
 2. a small Qwen2-style causal LM (random init);
-3. a short supervised warm start on the addition task, stopped as soon as greedy held-out success reaches
-   `target_success`, so that RL starts inside the band where it has something to learn (about 10-60%).
+3. a short supervised warm start on the addition task, stopped as soon as greedy success on a validation set
+   reaches `target_success`, so that RL starts inside the band where it has something to learn (about 10-60%).
+   The validation problems are neither the RL held-out set (never used to pick the model) nor trained on.
+
+Deterministic for a seed on a machine: a fixed thread count and deterministic kernels, so a rebuild gives the same
+step count and weights (`weights_sha256` in the report). Another CPU may round differently and stop elsewhere:
+the demo's learning result is checked over several seeds, not on one build.
 
 The result is an ordinary Hugging Face model directory: the RL code path is the one a real model takes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import string
@@ -38,9 +44,13 @@ class TinyModelSpec:
     sft_lr: float = 3e-3
     sft_batch: int = 128
     sft_max_steps: int = 5000
-    target_success: float = 0.25  # stop the warm start once greedy held-out success reaches this
+    target_success: float = 0.25  # stop the warm start once greedy validation success reaches this
     eval_every: int = 50
     seed: int = 0
+    operands: str = "uniform"  # the task's operand distribution (task.operands of the runs that use the model)
+    held_out_size: int = 1000  # the RL held-out set (task.held_out_size): excluded from the warm start
+    validation_size: int = 500  # the problems drawn after it: the stopping rule's validation set
+    threads: int = 2  # fixed, so that machines with other core counts reduce in the same order
 
 
 def build_tokenizer():
@@ -101,14 +111,36 @@ def build_tiny_model(out_dir: str, spec: TinyModelSpec | None = None, log=print)
     """Build tokenizer + model + warm start into `out_dir`; returns the build report (also saved as JSON)."""
     spec = spec or TinyModelSpec()
     t0 = time.time()
-    tokenizer = build_tokenizer()
-    model = build_model(spec, vocab_size=len(tokenizer))
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(spec.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        tokenizer = build_tokenizer()
+        model = build_model(spec, vocab_size=len(tokenizer))
+        step, success = _warm_start(model, tokenizer, spec, log)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    report = {"spec": asdict(spec), "sft_steps": step, "validation_success": success,
+              "params": sum(p.numel() for p in model.parameters()), "weights_sha256": weights_sha256(model),
+              "seconds": round(time.time() - t0, 1)}
+    with open(os.path.join(out_dir, "slipstream_build.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def _warm_start(model, tokenizer, spec: TinyModelSpec, log) -> tuple[int, float]:
+    """Supervised steps on the training stream until greedy validation success reaches the target."""
     task = AdditionTask(num_digits=spec.num_digits, seed=spec.seed + 1_000, max_operands=spec.max_operands,
-                        operands_decay=spec.operands_decay)
-    held_out = task.held_out()
+                        operands_decay=spec.operands_decay, operands=spec.operands,
+                        held_out_size=spec.held_out_size + spec.validation_size)
+    validation = task.held_out()[spec.held_out_size:]  # the draws after the RL held-out set's
     max_new = task.max_answer_chars() + 1
     opt = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, weight_decay=0.0)
-    success, step = greedy_success(model, tokenizer, held_out, max_new), 0
+    success, step = greedy_success(model, tokenizer, validation, max_new), 0
     while step < spec.sft_max_steps and success < spec.target_success:
         model.train()
         ids, labels = _sft_batch(tokenizer, task.next(spec.sft_batch))
@@ -119,13 +151,15 @@ def build_tiny_model(out_dir: str, spec: TinyModelSpec | None = None, log=print)
         step += 1
         if step % spec.eval_every == 0:
             model.eval()
-            success = greedy_success(model, tokenizer, held_out, max_new)
-            log(f"warm start step {step}: loss {loss.item():.3f} held-out greedy success {success:.3f}")
-    os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    report = {"spec": asdict(spec), "sft_steps": step, "held_out_success": success,
-              "params": sum(p.numel() for p in model.parameters()), "seconds": round(time.time() - t0, 1)}
-    with open(os.path.join(out_dir, "slipstream_build.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    return report
+            success = greedy_success(model, tokenizer, validation, max_new)
+            log(f"warm start step {step}: loss {loss.item():.3f} validation greedy success {success:.3f}")
+    return step, success
+
+
+def weights_sha256(model) -> str:
+    """One digest of every parameter's bytes, in name order: equal digests mean equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

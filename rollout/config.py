@@ -54,5 +54,6 @@ class TaskConfig:
     held_out_size: int = 256
     max_operands: int = 2  # > 2: chain of running sums, long-tailed response lengths (needs a model built for it)
     operands_decay: float = 0.5  # P(k operands) ~ decay^(k-2)
+    operands: str = "uniform"  # uniform | digits: how operand values are drawn (rollout/prompts.py)
     pool_size: int = 0  # > 0: a fixed training set of this many problems, visited epoch by epoch (0: endless)
 

@@ -13,6 +13,13 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 
+# How operands are drawn. "uniform": every operand value equally likely, so every problem is rare and the
+# held-out set is a uniform sample of the same distribution. "digits": the digit count first, so the 100
+# one-digit pairs make a quarter of the stream; a model memorises them, and the ones held out are never seen
+# (docs/algorithms.md, "Why training reward rose while held-out success did not").
+OPERAND_DISTRIBUTIONS = ("uniform", "digits")
+
+
 @dataclass(frozen=True)
 class Prompt:
     prompt_id: str
@@ -24,7 +31,7 @@ class AdditionTask:
     """Sums of non-negative integers with up to `num_digits` digits each."""
 
     def __init__(self, num_digits: int = 2, seed: int = 0, held_out_size: int = 256, max_operands: int = 2,
-                 operands_decay: float = 0.5, pool_size: int = 0, pool_seed: int = 0):
+                 operands_decay: float = 0.5, pool_size: int = 0, pool_seed: int = 0, operands: str = "uniform"):
         if num_digits < 1:
             raise ValueError(f"task.num_digits must be >= 1, got {num_digits}")
         if max_operands < 2 or not 0 < operands_decay <= 1:
@@ -34,10 +41,12 @@ class AdditionTask:
         if held_out_size > pairs // 2:
             raise ValueError(f"task.held_out_size={held_out_size} is more than half of the {pairs} distinct "
                              f"{num_digits}-digit problems; lower it or raise task.num_digits")
-        self.num_digits, self.max_operands = num_digits, max_operands
+        if operands not in OPERAND_DISTRIBUTIONS:
+            raise ValueError(f"task.operands={operands!r}: one of {', '.join(OPERAND_DISTRIBUTIONS)}")
+        self.num_digits, self.max_operands, self.operands = num_digits, max_operands, operands
         self._k_weights = [operands_decay ** (k - 2) for k in range(2, max_operands + 1)]
-        held_rng = random.Random(f"held-out-{num_digits}-{max_operands}-{operands_decay}" if max_operands > 2
-                                 else f"held-out-{num_digits}")  # same held-out set for every seed and worker
+        held_rng = random.Random(f"held-out-{num_digits}-{max_operands}-{operands_decay}-{operands}")  # same set
+        # for every seed and worker
         self._held_out: list[tuple[int, ...]] = []
         seen: set[tuple[int, ...]] = set()
         while len(self._held_out) < held_out_size:
@@ -60,9 +69,10 @@ class AdditionTask:
         self._order: list[int] = []
 
     def _draw(self, rng: random.Random) -> tuple[int, ...]:
-        # Draw the digit count first so short and long operands are equally common.
         def operand() -> int:
-            d = rng.randint(1, self.num_digits)
+            if self.operands == "uniform":
+                return rng.randrange(10 ** self.num_digits)
+            d = rng.randint(1, self.num_digits)  # "digits": short and long operands equally common
             return rng.randrange(10 ** (d - 1) if d > 1 else 0, 10 ** d)
         k = 2 if self.max_operands == 2 else rng.choices(range(2, self.max_operands + 1), self._k_weights)[0]
         return tuple(operand() for _ in range(k))

@@ -47,7 +47,8 @@ class RolloutWorker:
         self.scorer = build_scorer(reward)  # rewards run safely: time limits, failure policy, process pool
         self.prompts = AdditionTask(num_digits=task.num_digits, seed=seed * 1_000 + worker_id,
                                     held_out_size=task.held_out_size, max_operands=task.max_operands,
-                                    operands_decay=task.operands_decay, pool_size=task.pool_size, pool_seed=seed)
+                                    operands_decay=task.operands_decay, pool_size=task.pool_size, pool_seed=seed,
+                                    operands=task.operands)
         self.buffer = RedisBuffer(redis_url, prefix=key_prefix, eta=buffer.eta, groups_per_step=groups_per_step,
                                   max_in_flight=buffer.max_in_flight, max_buffered=buffer.max_buffered)
         gvm = rollout.allocation == "gvm"
@@ -79,16 +80,25 @@ class RolloutWorker:
         return {"worker_id": self.worker_id, "version": self.version, **self.counters,
                 **{f"reward/{k}": v for k, v in self.scorer.counters().items()}}
 
-    def evaluate(self, prompts: list[dict], max_new_tokens: int) -> dict:
-        """Greedy success on held-out prompts ({"text", "fields"}) with this engine's current weights."""
+    def evaluate(self, prompts: list[dict], max_new_tokens: int, samples: int = 0) -> dict:
+        """Held-out success on prompts ({"text", "fields"}) with this engine's current weights: greedy, and with
+        `samples` > 0 also the mean success of that many samples per prompt at the rollout temperature (what RL
+        optimises: sharpening a distribution raises it before it flips any greedy answer)."""
         with self._engine_lock:
             self._apply_pending_weights()
             ids = [self.engine.encode(p["text"]) for p in prompts]
             outs = self.engine.generate(ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+            sampled = self.engine.generate(ids, n=samples, max_new_tokens=max_new_tokens,
+                                           temperature=self.cfg.temperature, seed=0) if samples else None
             version = self.version
         scored = self.scorer.score_groups([(p["text"], [o[0].text], p["fields"]) for p, o in zip(prompts, outs)])
-        scores = [g.samples[0].reward for g in scored]
-        return {"success": float(np.mean(scores)), "version": version, "n": len(prompts)}
+        result = {"success": float(np.mean([g.samples[0].reward for g in scored])), "version": version,
+                  "n": len(prompts)}
+        if sampled is not None:
+            groups = self.scorer.score_groups([(p["text"], [c.text for c in o], p["fields"])
+                                               for p, o in zip(prompts, sampled)])
+            result["sampled_success"] = float(np.mean([s.reward for g in groups for s in g.samples]))
+        return result
 
     def held_out_prompts(self) -> list[dict]:
         return [{"text": p.text, "fields": p.fields} for p in self.prompts.held_out()]

@@ -19,6 +19,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--max-operands", type=int, default=None,
                     help="> 2 builds for the long-tailed chain task (task.max_operands in the run config)")
+    ap.add_argument("--operands", choices=("uniform", "digits"), default=None,
+                    help="the task's operand distribution (task.operands of the runs that use the model)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the directory holds a model")
     args = ap.parse_args()
     if os.path.exists(os.path.join(args.out, "slipstream_build.json")) and not args.force:
@@ -33,6 +35,8 @@ def main() -> None:
         spec.seed = args.seed
     if args.max_operands is not None:
         spec.max_operands = args.max_operands
+    if args.operands is not None:
+        spec.operands = args.operands
     print(json.dumps(build_tiny_model(args.out, spec)))
 
 

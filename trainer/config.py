@@ -44,7 +44,12 @@ class TrainerConfig:
     grad_clip: float = 1.0
     zero_stage: int = 2
     num_ranks: int = 1
-    micro_batches: int = 1  # micro-batches per rank per step (gradient accumulation)
+    micro_batches: int = 1  # micro-batches per rank per optimizer step (gradient accumulation)
+    # PPO mini-batch epochs: each popped batch is cut into mini_batches_per_step mini-batches (whole groups) and
+    # visited ppo_epochs times, one optimizer step per mini-batch. pi_prox is the weights before the first of them;
+    # the policy version still bumps once per popped batch.
+    ppo_epochs: int = 1
+    mini_batches_per_step: int = 1
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 0.0
     dtype: str = "float32"  # float32 | bfloat16 (GPU)

@@ -31,6 +31,11 @@ from trainer.losses import (PolicyLossParams, aggregate, kl_estimate, policy_los
 from trainer.precision import float32_lm_head
 
 
+# per-step statistics of the policy update (token-weighted within a step, averaged over a batch's steps)
+STEP_TOTALS = ("loss", "clip_fraction", "behaviour_weight_mean", "masked_fraction", "approx_kl", "logprob_gap",
+               "entropy", "kl_ref")
+
+
 class NonFiniteLoss(RuntimeError):
     pass
 
@@ -60,8 +65,12 @@ class ValueModel(torch.nn.Module):
 
 class TrainerRank:
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
-                 cfg: TrainerConfig, seed: int):
+                 cfg: TrainerConfig, seed: int, temperature: float = 1.0):
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
+        # The rollout's sampling temperature: every log-prob here is of softmax(logits / T), the distribution the
+        # engine sampled from, so that pi_theta, pi_prox and the behaviour mu compare like with like.
+        self.temperature = temperature
+        self.seed = seed
         self.use_gpu = cfg.gpus_per_rank > 0
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
@@ -117,12 +126,34 @@ class TrainerRank:
         return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
 
     def _logits(self, model, mb: TrainBatch) -> torch.Tensor:
-        return model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]  # [b, T, V]
+        """[b, T, V] logits at the sampling temperature (the reference model's too: KL between like and like)."""
+        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
+    @property
+    def _updates_per_batch(self) -> int:
+        return self.cfg.ppo_epochs * self.cfg.mini_batches_per_step
 
     @property
     def _separate_prox_forward(self) -> bool:
+        # pi_prox is logp.detach() of the gradient pass only while one optimizer step uses the whole batch
         kl_in_reward = self.ref is not None and self.cfg.loss.kl_in == "reward"
-        return kl_in_reward or self.cfg.prox_forward == "separate"
+        return kl_in_reward or self.cfg.prox_forward == "separate" or self._updates_per_batch > 1
+
+    def _mini_batches(self, batch: TrainBatch) -> list[torch.Tensor]:
+        """Row indices of each optimizer step: ppo_epochs passes over mini_batches_per_step mini-batches of whole
+        groups (a group's advantages were centred on the group). The first epoch keeps the batch order; later
+        ones reshuffle the groups, seeded, so every rank and every rerun cuts the same way."""
+        num_groups = int(batch.group_ids.max()) + 1 if len(batch.group_ids) else 0
+        rows_of = [torch.nonzero(batch.group_ids == g).squeeze(-1).cpu() for g in range(num_groups)]
+        gen = torch.Generator().manual_seed(self.seed + self.rank)
+        out = []
+        for epoch in range(self.cfg.ppo_epochs):
+            order = torch.arange(num_groups) if epoch == 0 else torch.randperm(num_groups, generator=gen)
+            for chunk in torch.tensor_split(order, self.cfg.mini_batches_per_step):
+                rows = [rows_of[g] for g in chunk.tolist()]
+                out.append(torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long))
+        return out
 
     @torch.no_grad()
     def _before_step(self, batch: TrainBatch, slices: list[slice]) -> dict[str, torch.Tensor]:
@@ -174,6 +205,7 @@ class TrainerRank:
         return {groups[g].prompt_id: v for g, v in means.items()}
 
     def train_step(self, encoded_groups: list[bytes]) -> dict:
+        """Train on one popped batch: ppo_epochs x mini_batches_per_step optimizer steps (one by default)."""
         t0 = time.perf_counter()
         groups = [decode_group(g) for g in encoded_groups]
         batch = build_train_batch(groups).to(self.engine.device)
@@ -183,7 +215,14 @@ class TrainerRank:
         if estimate == "exact" and len(batch.rewards):
             norms, grad_norm_s = self._exact_grad_norms(batch, slices)
         advantages, returns = self._advantages(batch, before) if len(batch.rewards) else (None, None)
-        totals, proxy = self._policy_update(batch, slices, before, advantages)
+        totals = dict.fromkeys(STEP_TOTALS, 0.0)
+        proxy = (None, 0.0)
+        for i, rows in enumerate(self._mini_batches(batch)):
+            rows = rows.to(batch.rewards.device)
+            step_totals, step_proxy = self._policy_update(batch.select(rows), before, advantages, rows)
+            proxy = step_proxy if i == 0 else proxy  # the first step's pass is at the weights before the update
+            for k, v in step_totals.items():
+                totals[k] += v / self._updates_per_batch  # the mean over this batch's optimizer steps
         if estimate == "proxy" and len(batch.rewards):
             norms, grad_norm_s = proxy
         grad_norms = self._prompt_grad_norms(batch, norms, groups) if norms is not None else {}
@@ -192,25 +231,28 @@ class TrainerRank:
         rewards = batch.rewards.tolist()
         lengths = batch.response_mask.sum(-1).tolist()
         return {**totals, "tokens": batch.num_tokens, "seconds": time.perf_counter() - t0,
-                "grad_norms": grad_norms, "grad_norm_s": grad_norm_s,
+                "optimizer_steps": self._updates_per_batch, "grad_norms": grad_norms, "grad_norm_s": grad_norm_s,
                 "group_rewards": [g.rewards.tolist() for g in groups],  # per group: its size and pass rate
                 "prompt_ids": [g.prompt_id for g in groups],
                 "sequences": len(rewards), "reward_mean": sum(rewards) / max(len(rewards), 1),
                 "response_len_mean": sum(lengths) / max(len(lengths), 1)}
 
-    def _policy_update(self, batch: TrainBatch, slices: list[slice], before: dict,
-                       advantages) -> tuple[dict, tuple[torch.Tensor | None, float]]:
-        """One optimizer step over the micro-batches. Returns the step's totals, and the proxy gradient norms [B]
-        with their seconds (taken from this pass's logits unless the separate forward already made them)."""
+    def _policy_update(self, batch: TrainBatch, before: dict, advantages,
+                       rows: torch.Tensor) -> tuple[dict, tuple[torch.Tensor | None, float]]:
+        """One optimizer step over `batch` (the popped batch's `rows`), in cfg.micro_batches micro-batches. Returns
+        the step's totals, and the proxy gradient norms with their seconds (taken from this pass's logits unless
+        the separate forward already made them; in row order only when `rows` is the whole batch in order)."""
         cfg = self.cfg.loss
         proxy_norms, proxy_s = [], 0.0
         params = PolicyLossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
                                   max_behaviour_weight=cfg.max_behaviour_weight, tis_cap=cfg.tis_cap)
         step_tokens = max(int(batch.response_mask.sum()), 1)
         norm = dict(step_tokens=step_tokens, step_sequences=len(batch.rewards), constant=cfg.aggregation_constant)
-        totals = dict.fromkeys(("loss", "clip_fraction", "behaviour_weight_mean", "masked_fraction", "approx_kl",
-                                "logprob_gap", "entropy", "kl_ref"), 0.0)
-        for sl in slices:
+        prox_all = before["prox"][rows] if before["prox"] is not None else None
+        ref_all = before["ref"][rows] if before["ref"] is not None else None
+        adv_all = advantages[rows] if advantages is not None else None
+        totals = dict.fromkeys(STEP_TOTALS, 0.0)
+        for sl in self._slices(len(batch.rewards)):
             mb = batch.select(sl)
             if not len(mb.rewards):  # this rank has fewer rows than micro-batches: a zero step keeps ranks in step
                 loss = _zero_loss(self.engine)
@@ -218,12 +260,12 @@ class TrainerRank:
                 mask = mb.response_mask
                 logits = self._logits(self.engine, mb)
                 logp = token_logprobs(logits, mb.targets)
-                prox = before["prox"][sl] if before["prox"] is not None else logp.detach()
+                prox = prox_all[sl] if prox_all is not None else logp.detach()
                 if self.cfg.grad_norm_estimate == "proxy" and before["grad_norms"] is None:
                     t0 = time.perf_counter()
                     proxy_norms.append(proxy_grad_norms(logits.detach(), mb.targets, mask))
                     proxy_s += time.perf_counter() - t0
-                per_token, stats = policy_loss(cfg.name, logp, prox, mb.behaviour_logp, advantages[sl], mask, params)
+                per_token, stats = policy_loss(cfg.name, logp, prox, mb.behaviour_logp, adv_all[sl], mask, params)
                 loss = aggregate(per_token, mask, cfg.aggregation, **norm)
                 share = int(mask.sum()) / step_tokens
                 # entropy is logged every step (cheap next to the forward); it joins the loss only if asked
@@ -231,8 +273,8 @@ class TrainerRank:
                 totals["entropy"] += float((entropy.detach() * mask).sum()) / step_tokens
                 if cfg.entropy_coef > 0:
                     loss = loss - cfg.entropy_coef * aggregate(entropy, mask, cfg.aggregation, **norm)
-                if self.ref is not None:
-                    kl = kl_estimate(logp, before["ref"][sl], cfg.kl_estimator)
+                if ref_all is not None:
+                    kl = kl_estimate(logp, ref_all[sl], cfg.kl_estimator)
                     totals["kl_ref"] += float((kl.detach() * mask).sum()) / step_tokens
                     if cfg.kl_in == "loss":
                         loss = loss + cfg.kl_coef * aggregate(kl, mask, cfg.aggregation, **norm)

@@ -59,11 +59,18 @@ def test_async_run_learns_and_logs_every_metric(tmp_path, tiny_model_path):
     assert summary["generation_tokens_per_s"] > 0 and summary["trainer_tokens_per_s"] > 0
 
 
-def test_synchronous_eta0_runs_through_the_same_code(tmp_path, tiny_model_path):
-    summary, steps = run_job(tmp_path, tiny_model_path, "run.total_steps=8", "run.eval_every=8", "buffer.eta=0")
+def test_synchronous_eta0_runs_through_the_same_code_with_ppo_epochs(tmp_path, tiny_model_path):
+    summary, steps = run_job(tmp_path, tiny_model_path, "run.total_steps=8", "run.eval_every=8", "buffer.eta=0",
+                             "trainer.ppo_epochs=2", "trainer.mini_batches_per_step=2", "rollout.temperature=0.7")
     assert summary["steps"] == 8 and summary["eta"] == 0
-    assert all(s["staleness_max"] == 0 for s in steps if s["step"] > 0)
+    trained = [s for s in steps if s["step"] > 0]
+    assert all(s["staleness_max"] == 0 for s in trained)
     assert summary["groups_dropped_stale"] == 0
+    # 4 optimizer steps per popped batch, one policy version per popped batch
+    assert [s["version"] for s in trained] == [s["step"] for s in trained]
+    assert all(s["optimizer_steps"] == 4 for s in trained)
+    assert max(s["clip_fraction"] for s in trained) > 0  # at eta = 0 only the later mini-batch steps can clip
+    assert trained[0]["logprob_gap"] < 2e-3  # on-policy at T = 0.7: the trainer scores at the sampling temperature
 
 
 def test_two_rank_zero3_trainer_syncs_gathered_weights_with_sharded_reference(tmp_path, tiny_model_path):

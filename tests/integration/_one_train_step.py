@@ -1,5 +1,9 @@
-"""One TrainerRank step in a fresh process (DeepSpeed's process group is per process), for
-test_trainer_prox_forward.py. Usage: python _one_train_step.py MODEL_DIR PROX_FORWARD OUT_FILE"""
+"""One TrainerRank step in a fresh process (DeepSpeed's process group is per process), for the trainer
+integration tests. Usage:
+    python _one_train_step.py MODEL_DIR OUT_FILE [--cfg JSON] [--temperature T] [--groups GROUPS_FILE]
+--cfg holds TrainerConfig fields; --groups a torch.save'd list of encoded groups (default: random tokens)."""
+import argparse
+import json
 import os
 import socket
 import sys
@@ -31,13 +35,20 @@ def groups(vocab: int) -> list[bytes]:
 
 
 if __name__ == "__main__":
-    model, prox_forward, out_file = sys.argv[1:4]
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("out_file")
+    ap.add_argument("--cfg", default="{}")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--groups", default=None)
+    args = ap.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = TrainerConfig(lr=1e-3, micro_batches=2, zero_stage=2, grad_norm_estimate="proxy", prox_forward=prox_forward)
-    rank = TrainerRank(0, 1, "127.0.0.1", port, model, cfg, seed=0)
+    cfg = TrainerConfig(**{"lr": 1e-3, "micro_batches": 2, "zero_stage": 2, **json.loads(args.cfg)})
+    rank = TrainerRank(0, 1, "127.0.0.1", port, args.model, cfg, seed=0, temperature=args.temperature)
+    batch = torch.load(args.groups) if args.groups else groups(rank.engine.module.config.vocab_size)
     before = {k: v.detach().clone() for k, v in rank.engine.module.state_dict().items()}
-    result = rank.train_step(groups(rank.engine.module.config.vocab_size))
+    result = rank.train_step(batch)
     torch.save({"before": before, "weights": {k: v.detach().clone() for k, v in rank.engine.module.state_dict().items()},
-                "result": result}, out_file)
+                "result": result}, args.out_file)

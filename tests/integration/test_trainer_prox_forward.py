@@ -1,5 +1,6 @@
 """pi_prox from the gradient pass (the default) must train exactly like a separate no-grad forward: one step
 each, in its own process, from the same weights and batch (decoupled PPO, 2 micro-batches, proxy norms)."""
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,8 @@ HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_one_train_st
 
 def _step(model: str, prox_forward: str, tmp_path) -> dict:
     out = tmp_path / f"{prox_forward}.pt"
-    proc = subprocess.run([sys.executable, HELPER, model, prox_forward, str(out)], capture_output=True, text=True,
+    cfg = json.dumps({"grad_norm_estimate": "proxy", "prox_forward": prox_forward})
+    proc = subprocess.run([sys.executable, HELPER, model, str(out), "--cfg", cfg], capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out)
