@@ -31,7 +31,7 @@ class AdditionTask:
     """Sums of non-negative integers with up to `num_digits` digits each."""
 
     def __init__(self, num_digits: int = 2, seed: int = 0, held_out_size: int = 256, max_operands: int = 2,
-                 operands_decay: float = 0.5, pool_size: int = 0, pool_seed: int = 0, operands: str = "uniform"):
+                 operands_decay: float = 0.5, pool_size: int = 0, pool_seed: int = 0, operands: str = "digits"):
         if num_digits < 1:
             raise ValueError(f"task.num_digits must be >= 1, got {num_digits}")
         if max_operands < 2 or not 0 < operands_decay <= 1:

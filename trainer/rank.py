@@ -70,7 +70,7 @@ class TrainerRank:
         # The rollout's sampling temperature: every log-prob here is of softmax(logits / T), the distribution the
         # engine sampled from, so that pi_theta, pi_prox and the behaviour mu compare like with like.
         self.temperature = temperature
-        self.seed = seed
+        self.seed, self.batches_trained = seed, 0  # both seed the mini-batch shuffles (trainer.ppo_epochs > 1)
         self.use_gpu = cfg.gpus_per_rank > 0
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
@@ -146,7 +146,7 @@ class TrainerRank:
         ones reshuffle the groups, seeded, so every rank and every rerun cuts the same way."""
         num_groups = int(batch.group_ids.max()) + 1 if len(batch.group_ids) else 0
         rows_of = [torch.nonzero(batch.group_ids == g).squeeze(-1).cpu() for g in range(num_groups)]
-        gen = torch.Generator().manual_seed(self.seed + self.rank)
+        gen = torch.Generator().manual_seed(hash((self.seed, self.rank, self.batches_trained)) % 2**63)
         out = []
         for epoch in range(self.cfg.ppo_epochs):
             order = torch.arange(num_groups) if epoch == 0 else torch.randperm(num_groups, generator=gen)
@@ -223,6 +223,7 @@ class TrainerRank:
             proxy = step_proxy if i == 0 else proxy  # the first step's pass is at the weights before the update
             for k, v in step_totals.items():
                 totals[k] += v / self._updates_per_batch  # the mean over this batch's optimizer steps
+        self.batches_trained += 1
         if estimate == "proxy" and len(batch.rewards):
             norms, grad_norm_s = proxy
         grad_norms = self._prompt_grad_norms(batch, norms, groups) if norms is not None else {}

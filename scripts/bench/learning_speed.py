@@ -6,7 +6,8 @@ Each seed is the whole pipeline: the tiny model is built from nothing with that 
 clean directory per seed unless --reuse-models), then `scripts/train.py +experiment=cpu_demo run.seed=S
 buffer.eta=E run.max_minutes=M` runs for each eta, one after another on the same machine.
 
-    python scripts/bench/learning_speed.py --seeds 0,1,2 --minutes 2 [--etas 2,0] [-- hydra overrides]
+    python scripts/bench/learning_speed.py --seeds 0,1,2 --steps 300 --minutes 10 [--etas 2,0] [-- hydra overrides]
+With --steps 300 and eta 2 each seed's run is the demo's pipeline (build with --seed S, then +experiment=cpu_demo).
 Writes docs/bench/learning_speed.json and docs/bench/learning_speed.png (held-out success vs training wall-clock,
 greedy and sampled at the rollout temperature).
 """
@@ -36,11 +37,11 @@ def build_model(seed: int, models_dir: str, reuse: bool) -> dict:
             "validation_success": report["validation_success"], "weights_sha256": report["weights_sha256"]}
 
 
-def run_one(seed: int, eta: int, minutes: float, model: str, runs_dir: str, extra: list[str]) -> dict:
+def run_one(seed: int, eta: int, minutes: float, steps: int, model: str, runs_dir: str, extra: list[str]) -> dict:
     run_dir = os.path.join(runs_dir, f"seed{seed}-eta{eta}")
     shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: never mix in an earlier run's steps
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "+experiment=cpu_demo", f"run.seed={seed}",
-           f"buffer.eta={eta}", f"run.max_minutes={minutes}", "run.total_steps=100000", f"model.path={model}",
+           f"buffer.eta={eta}", f"run.max_minutes={minutes}", f"run.total_steps={steps or 100000}", f"model.path={model}",
            f"hydra.run.dir={run_dir}", "run.tensorboard=false", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -91,6 +92,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--etas", default="2,0")
     ap.add_argument("--minutes", type=float, default=2.0, help="wall-clock per run (evaluations included)")
+    ap.add_argument("--steps", type=int, default=0, help="> 0: every run trains this many steps (the demo's 300), "
+                    "with --minutes as a guard only")
     ap.add_argument("--models-dir", default=os.path.join(ROOT, ".cache", "bench"))
     ap.add_argument("--reuse-models", action="store_true", help="keep models already built (default: rebuild)")
     ap.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "learning_speed"))
@@ -102,13 +105,14 @@ def main() -> None:
         builds[seed] = build_model(seed, args.models_dir, args.reuse_models)
         print(json.dumps({"seed": seed, **builds[seed]}), flush=True)
         for eta in (int(e) for e in args.etas.split(",")):
-            r = run_one(seed, eta, args.minutes, builds[seed]["path"], args.runs_dir, args.extra)
+            r = run_one(seed, eta, args.minutes, args.steps, builds[seed]["path"], args.runs_dir, args.extra)
             print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
             results.append(r)
     worst = {eta: min((r for r in results if r["eta"] == eta), key=lambda r: r["gain_points"])
              for eta in {r["eta"] for r in results}}
     meta = {"command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{os.cpu_count()} CPU cores", "minutes_per_run": args.minutes, "extra": args.extra}
+            "machine": f"{os.cpu_count()} CPU cores", "minutes_per_run": args.minutes, "steps_per_run": args.steps,
+            "extra": args.extra}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "builds": {str(k): v for k, v in builds.items()},

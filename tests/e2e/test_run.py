@@ -43,12 +43,30 @@ def run_job(run_dir, model, *overrides, timeout=1500) -> tuple[dict, list[dict]]
     return summary, steps
 
 
-def test_async_run_learns_and_logs_every_metric(tmp_path, tiny_model_path):
-    summary, steps = run_job(tmp_path, tiny_model_path, "run.total_steps=200", "run.eval_every=50",
-                             "buffer.eta=2")
+@pytest.fixture(scope="module")
+def learning_seed_model(tiny_model_path) -> tuple[int, str]:
+    """The whole pipeline's seed (SLIPSTREAM_TEST_SEED, default 0): the model build and the run take it."""
+    seed = int(os.environ.get("SLIPSTREAM_TEST_SEED", "0"))
+    if seed == 0:
+        return seed, tiny_model_path
+    from launcher.tiny_model import TinyModelSpec, build_tiny_model
+
+    path = os.path.join(ROOT, ".cache", f"tiny-model-seed{seed}")
+    if not os.path.exists(os.path.join(path, "slipstream_build.json")):
+        build_tiny_model(path, TinyModelSpec(seed=seed))
+    return seed, path
+
+
+def test_async_run_learns_and_logs_every_metric(tmp_path, learning_seed_model):
+    seed, model = learning_seed_model
+    summary, steps = run_job(tmp_path, model, "run.total_steps=200", "run.eval_every=50", "buffer.eta=2",
+                             f"run.seed={seed}")
     assert summary["steps"] == 200
-    # a smaller, fast version of the demo's +15 points; the warm start sits near 29%
-    assert summary["improvement_points"] >= 5.0, summary
+    # Seeds 0, 1, 2 (each built from nothing) gained 16-35 points of greedy held-out success by step 200 and
+    # 14-24 sampled (docs/benchmarks.md); 1,000 held-out problems put one evaluation's sd near 1.5 points.
+    # The bar is half the worst seed's gain: far outside the noise, and met by every seed measured.
+    assert summary["improvement_points"] >= 8.0, summary
+    assert summary["improvement_points_sampled"] >= 7.0, summary
     trained = [s for s in steps if s["step"] > 0]
     for s in trained:
         assert REQUIRED_STEP_KEYS <= set(s), set(REQUIRED_STEP_KEYS) - set(s)

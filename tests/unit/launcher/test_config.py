@@ -37,13 +37,13 @@ def test_cpu_demo_preset_composes_into_the_typed_schema():
     assert isinstance(cfg, SlipstreamConfig)
     # values from configs/experiment/cpu_demo.yaml
     assert cfg.run.name == "cpu_demo"
-    assert cfg.run.total_steps == 600
+    assert cfg.run.total_steps == 300
     assert cfg.run.max_minutes == 10.0
     assert cfg.rollout.group_size == 8
     assert cfg.rollout.max_new_tokens == 6
     assert cfg.buffer.eta == 2
     assert cfg.trainer.groups_per_step == 32
-    assert cfg.trainer.lr == pytest.approx(2e-4)
+    assert cfg.trainer.lr == pytest.approx(1e-4)
     assert isinstance(cfg.trainer.lr, float)  # "1e-4" in YAML, typed by the schema
     # a default the preset does not touch
     assert cfg.trainer.loss.eps_high == pytest.approx(0.28)
@@ -164,4 +164,27 @@ def test_validate_checks_the_gvm_rule_only_when_gvm_is_on(model_dir):
     with pytest.raises(ConfigError, match=r"rollout\.gvm\.rule='neymann': one of paper, neyman"):
         validate(cfg)
     cfg.rollout.gvm.rule = "neyman"
+    validate(cfg)
+
+
+def test_validate_rejects_top_p_below_one_naming_the_fix(model_dir):
+    cfg = _valid_config(model_dir)
+    cfg.rollout.top_p = 0.9
+    with pytest.raises(ConfigError, match=r"rollout.top_p=0.9.*use rollout.top_p=1.0"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("key, value", [("ppo_epochs", 0), ("mini_batches_per_step", 0),
+                                        ("mini_batches_per_step", 17)])
+def test_validate_rejects_impossible_ppo_schedules(model_dir, key, value):
+    cfg = _valid_config(model_dir)
+    cfg.trainer.groups_per_step = 16
+    setattr(cfg.trainer, key, value)
+    with pytest.raises(ConfigError, match=f"trainer.{key}={value}"):
+        validate(cfg)
+
+
+def test_validate_accepts_ppo_epochs_with_mini_batches(model_dir):
+    cfg = _valid_config(model_dir)
+    cfg.trainer.ppo_epochs, cfg.trainer.mini_batches_per_step = 2, 4
     validate(cfg)

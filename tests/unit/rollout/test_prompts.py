@@ -82,3 +82,19 @@ def test_one_digit_task_with_default_held_out_size_does_not_hang():
     except ValueError:
         return
     assert len(task.next(10)) == 10
+
+
+def test_uniform_operands_make_every_problem_rare_and_the_held_out_set_a_sample_of_the_same_distribution():
+    task = AdditionTask(num_digits=2, seed=0, held_out_size=1000, operands="uniform")
+    held = {p.prompt_id for p in task.held_out()}
+    stream = [p.prompt_id for p in task.next(20000)]
+    assert not held & set(stream)
+    one_digit_pairs = sum(all(len(x) == 1 for x in pid.split("+")) for pid in stream) / len(stream)
+    assert one_digit_pairs < 0.02  # 1% of pairs (the digit-count-first draw gives them a quarter of the stream)
+    digits = AdditionTask(num_digits=2, seed=0, operands="digits").next(20000)
+    assert sum(all(len(x) == 1 for x in p.prompt_id.split("+")) for p in digits) / 20000 > 0.1
+
+
+def test_unknown_operand_distribution_is_rejected():
+    with pytest.raises(ValueError, match="task.operands='normal'"):
+        AdditionTask(operands="normal")
