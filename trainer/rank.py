@@ -224,6 +224,10 @@ class TrainerRank:
             for k, v in step_totals.items():
                 totals[k] += v / self._updates_per_batch  # the mean over this batch's optimizer steps
         self.batches_trained += 1
+        if before["prox"] is not None and len(batch.rewards):  # over the whole batch, whatever the schedule
+            mask = batch.response_mask
+            totals["logprob_gap"] = float(((before["prox"] - batch.behaviour_logp).abs() * mask).sum()) / max(
+                int(mask.sum()), 1)
         if estimate == "proxy" and len(batch.rewards):
             norms, grad_norm_s = proxy
         grad_norms = self._prompt_grad_norms(batch, norms, groups) if norms is not None else {}

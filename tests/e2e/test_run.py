@@ -62,11 +62,11 @@ def test_async_run_learns_and_logs_every_metric(tmp_path, learning_seed_model):
     summary, steps = run_job(tmp_path, model, "run.total_steps=200", "run.eval_every=50", "buffer.eta=2",
                              f"run.seed={seed}")
     assert summary["steps"] == 200
-    # Seeds 0, 1, 2 (each built from nothing) gained 16-35 points of greedy held-out success by step 200 and
-    # 14-24 sampled (docs/benchmarks.md); 1,000 held-out problems put one evaluation's sd near 1.5 points.
-    # The bar is half the worst seed's gain: far outside the noise, and met by every seed measured.
+    # Seeds 0, 1, 2 (each built from nothing) gained 16.4-34.9 points of greedy held-out success by step 200
+    # and 17.8-21.9 sampled (runs of docs/benchmarks.md); 1,000 held-out problems put one evaluation's sd near
+    # 1.5 points. The bar is about half the worst seed's gain: far outside the noise, met by every seed measured.
     assert summary["improvement_points"] >= 8.0, summary
-    assert summary["improvement_points_sampled"] >= 7.0, summary
+    assert summary["improvement_points_sampled"] >= 8.0, summary
     trained = [s for s in steps if s["step"] > 0]
     for s in trained:
         assert REQUIRED_STEP_KEYS <= set(s), set(REQUIRED_STEP_KEYS) - set(s)
