@@ -205,13 +205,7 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
     summary = {
         "steps": step, "minutes": round(elapsed / 60, 2), "train_minutes": round((elapsed - evals["seconds"]) / 60, 2),
         "eval_seconds": round(evals["seconds"], 1), "held_out_size": len(held_out),
-        "held_out_success_before": before, "held_out_success_after": after,
-        "improvement_points": round(100 * (after - before), 1),
-        **({"held_out_sampled_success_before": success_before["held_out_sampled_success"],
-            "held_out_sampled_success_after": last_eval["held_out_sampled_success"],
-            "improvement_points_sampled": round(100 * (last_eval["held_out_sampled_success"]
-                                                       - success_before["held_out_sampled_success"]), 1)}
-           if "held_out_sampled_success" in last_eval else {}),
+        **_before_after(success_before, last_eval),
         "generation_tokens_per_s": round(buffer.stats()["gen_tokens"] / elapsed, 1),
         "trainer_tokens_per_s": round(totals["train_tokens"] / max(totals["train_s"], 1e-9), 1),
         "weight_sync_s_mean": round(totals["sync_s"] / max(step, 1), 4),
@@ -223,6 +217,16 @@ def _train(cfg: SlipstreamConfig, buffer: RedisBuffer, workers: list, trainers: 
     print(f"done: held-out success {before:.3f} -> {after:.3f} in {summary['minutes']} min "
           f"({step} steps); run directory {run_dir}", flush=True)
     return summary
+
+
+def _before_after(first: dict, last: dict) -> dict:
+    """held_out_success_before/_after and improvement_points (and the same with _sampled, when evaluated)."""
+    out = {}
+    for key, suffix in (("held_out_success", ""), ("held_out_sampled_success", "_sampled")):
+        if key in first and key in last:
+            out.update({f"{key}_before": first[key], f"{key}_after": last[key],
+                        f"improvement_points{suffix}": round(100 * (last[key] - first[key]), 1)})
+    return out
 
 
 def _allocation_metrics(cfg: SlipstreamConfig, prompt_stats: PromptStats, results: list[dict], version: int) -> dict:
