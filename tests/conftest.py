@@ -27,7 +27,7 @@ def key_prefix() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
-    """The demo's tiny model (built once, ~1-2 minutes on 2 cores; reused from .cache/ afterwards)."""
+    """The demo's tiny model (built once, under a minute on 2 cores; reused from .cache/ afterwards)."""
     from launcher.tiny_model import build_tiny_model
 
     path = os.path.join(ROOT, ".cache", "tiny-model")
