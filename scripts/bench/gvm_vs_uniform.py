@@ -14,13 +14,11 @@ docs/bench/gvm_allocation.png (group sizes by third of the run; samples by the g
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from training_runs import ROOT, run_training  # scripts/bench, beside this file
 SETTINGS = {"uniform": ["rollout.allocation=uniform"],
             "gvm": ["rollout.allocation=gvm", "rollout.gvm.rule=paper", "trainer.grad_norm_estimate=proxy"],
             "gvm_neyman": ["rollout.allocation=gvm", "rollout.gvm.rule=neyman", "trainer.grad_norm_estimate=proxy"],
@@ -32,15 +30,9 @@ COLORS = {"uniform": "tab:blue", "gvm": "tab:red", "gvm_neyman": "tab:green", "g
 
 
 def run_one(setting: str, seed: int, minutes: float, out_dir: str) -> dict:
-    run_dir = os.path.join(out_dir, f"{setting}-seed{seed}")
-    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: never mix in an earlier run's steps
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "+experiment=gvm_study", f"run.seed={seed}",
-           f"run.max_minutes={minutes}", f"hydra.run.dir={run_dir}", "run.tensorboard=false", *SETTINGS[setting]]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{setting} seed {seed} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        steps = [json.loads(line) for line in f if line.strip()]
+    steps, _ = run_training(os.path.join(out_dir, f"{setting}-seed{seed}"), "gvm_study",
+                            [f"run.seed={seed}", f"run.max_minutes={minutes}", *SETTINGS[setting]],
+                            f"{setting} seed {seed}")
     curve = [(s.get("gen_tokens_total", 0), s["elapsed_s"], s["held_out_success"]) for s in steps
              if "held_out_success" in s]
     return {"setting": setting, "seed": seed, "curve": curve, "final_success": curve[-1][2],

@@ -19,7 +19,8 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from training_runs import ROOT, run_training  # scripts/bench, beside this file
+
 GAINS = (10, 15, 20)  # points of held-out success
 
 
@@ -38,19 +39,11 @@ def build_model(seed: int, models_dir: str, reuse: bool) -> dict:
 
 
 def run_one(seed: int, eta: int, minutes: float, steps: int, model: str, runs_dir: str, extra: list[str]) -> dict:
-    run_dir = os.path.join(runs_dir, f"seed{seed}-eta{eta}")
-    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: never mix in an earlier run's steps
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "+experiment=cpu_demo", f"run.seed={seed}",
-           f"buffer.eta={eta}", f"run.max_minutes={minutes}", f"run.total_steps={steps or 100000}", f"model.path={model}",
-           f"hydra.run.dir={run_dir}", "run.tensorboard=false", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"run seed={seed} eta={eta} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        steps = [json.loads(line) for line in f if line.strip()]
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
-    evals = [s for s in steps if "held_out_success" in s]
+    overrides = [f"run.seed={seed}", f"buffer.eta={eta}", f"run.max_minutes={minutes}",
+                 f"run.total_steps={steps or 100000}", f"model.path={model}", *extra]
+    records, summary = run_training(os.path.join(runs_dir, f"seed{seed}-eta{eta}"), "cpu_demo", overrides,
+                                    f"seed={seed} eta={eta}")
+    evals = [s for s in records if "held_out_success" in s]
     curve = [(round(s["train_elapsed_s"], 1), s["held_out_success"], s.get("held_out_sampled_success"))
              for s in evals]
     base, base_sampled = curve[0][1], curve[0][2]

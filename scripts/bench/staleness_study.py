@@ -12,28 +12,18 @@ Writes docs/bench/staleness.json and docs/bench/staleness.png.
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from training_runs import ROOT, run_training  # scripts/bench, beside this file
 
 
 def run_one(eta: int, loss: str, minutes: float, seed: int, model: str, out_dir: str, extra: list[str]) -> dict:
-    run_dir = os.path.join(out_dir, f"{loss}-eta{eta}")
-    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: never mix in an earlier run's steps
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "+experiment=staleness_study",
-           f"buffer.eta={eta}", f"trainer.loss.name={loss}", f"run.max_minutes={minutes}", f"run.seed={seed}",
-           f"model.path={model}", f"hydra.run.dir={run_dir}", "run.tensorboard=false", *extra]
+    overrides = [f"buffer.eta={eta}", f"trainer.loss.name={loss}", f"run.max_minutes={minutes}", f"run.seed={seed}",
+                 f"model.path={model}", *extra]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"run {loss} eta={eta} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        steps = [json.loads(line) for line in f if line.strip()]
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
+    steps, summary = run_training(os.path.join(out_dir, f"{loss}-eta{eta}"), "staleness_study", overrides,
+                                  f"{loss} eta={eta}")
     trained = [s for s in steps if s["step"] > 0]
     minutes_run = trained[-1]["elapsed_s"] / 60 if trained else 0.0
     return {
