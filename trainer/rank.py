@@ -46,6 +46,12 @@ def _zero_loss(engine) -> torch.Tensor:
     return sum(p.sum() for p in engine.module.parameters()) * 0.0
 
 
+def _gap_sum(prox: torch.Tensor, batch: TrainBatch) -> float:
+    """Sum of |log pi_prox - log mu| over the response tokens: the engine-vs-trainer mismatch on the same tokens
+    before any update (the `logprob_gap` metric, per token), the first thing to check when training misbehaves."""
+    return float(((prox - batch.behaviour_logp).abs() * batch.response_mask).sum())
+
+
 class ValueModel(torch.nn.Module):
     """A causal LM's backbone with a scalar head: V(prefix) at every position. Head starts at zero."""
 
@@ -220,14 +226,13 @@ class TrainerRank:
         for i, rows in enumerate(self._mini_batches(batch)):
             rows = rows.to(batch.rewards.device)
             step_totals, step_proxy = self._policy_update(batch.select(rows), before, advantages, rows)
-            proxy = step_proxy if i == 0 else proxy  # the first step's pass is at the weights before the update
+            if i == 0:  # the first step's pass is at the weights before the update
+                proxy = step_proxy
             for k, v in step_totals.items():
                 totals[k] += v / self._updates_per_batch  # the mean over this batch's optimizer steps
         self.batches_trained += 1
-        if before["prox"] is not None and len(batch.rewards):  # over the whole batch, whatever the schedule
-            mask = batch.response_mask
-            totals["logprob_gap"] = float(((before["prox"] - batch.behaviour_logp).abs() * mask).sum()) / max(
-                int(mask.sum()), 1)
+        if before["prox"] is not None:  # else the (single) gradient pass measured it: see _policy_update
+            totals["logprob_gap"] = _gap_sum(before["prox"], batch) / max(int(batch.response_mask.sum()), 1)
         if estimate == "proxy" and len(batch.rewards):
             norms, grad_norm_s = proxy
         grad_norms = self._prompt_grad_norms(batch, norms, groups) if norms is not None else {}
@@ -285,8 +290,8 @@ class TrainerRank:
                         loss = loss + cfg.kl_coef * aggregate(kl, mask, cfg.aggregation, **norm)
                 for k, v in asdict(stats).items():
                     totals[k] += v * share
-                # engine-vs-trainer mismatch on the same tokens before any update: first thing to check
-                totals["logprob_gap"] += float(((prox - mb.behaviour_logp).abs() * mask).sum()) / step_tokens
+                if prox_all is None:  # pi_prox from this pass; a separate forward's is measured over the batch
+                    totals["logprob_gap"] += _gap_sum(prox, mb) / step_tokens
                 totals["loss"] += loss.item()
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"rank {self.rank}: loss is {loss.item()} before the step; the step was not "
