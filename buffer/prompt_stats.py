@@ -45,8 +45,16 @@ class PromptStat:
     grad_norm: float | None = None  # None: no estimate yet
     grad_version: int = -1  # policy version of the last gradient-norm update; -1: none
 
+    @property
+    def pass_rate(self) -> float:
+        """Recent pass rate: recency-weighted passes over recency-weighted attempts (0 for a prompt never seen).
+        Both sides decay alike, so the ratio follows the policy; `seen` says whether there is enough evidence."""
+        return self.passes / self.attempts if self.attempts > 0 else 0.0
+
 
 class PromptStats:
+    """The Redis implementation of buffer.api.PromptStatsStore."""
+
     def __init__(self, client, prefix: str, decay: float = 1.0, grad_mix: float = 0.5):
         if not 0 < decay <= 1 or not 0 < grad_mix <= 1:
             raise ValueError(f"decay and grad_mix must be in (0, 1], got {decay}, {grad_mix}")
@@ -75,7 +83,3 @@ class PromptStats:
             rows = pipe.execute()
         return [PromptStat(float(a or 0), float(p or 0), int(n or 0), float(g) if g is not None else None,
                            int(gv) if gv is not None else -1) for a, p, n, g, gv in rows]
-
-    def get(self, prompt_ids: list[str]) -> list[tuple[int, int]]:
-        """(plain attempts, passes) per prompt; (0, 0) for a prompt never seen. Passes are exact when decay = 1."""
-        return [(s.seen, round(s.passes)) for s in self.get_stats(prompt_ids)]

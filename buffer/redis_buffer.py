@@ -14,21 +14,27 @@ Invariants:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import redis
 
-from buffer.schema import Group, decode_group, encode_group
+from buffer.api import METRIC_COUNTERS, BoundMismatch, BufferUnavailable, PoppedBatch
+from buffer.prompt_stats import PromptStats
+from buffer.schema import Group, encode_group
 from buffer.staleness import is_too_stale, staleness
 
-# Mirrors staleness.admission_capacity, with the buffered-groups bound added; returns {granted, version}.
+# Mirrors staleness.admission_capacity, with the buffered-groups bound added; returns {granted, version}. The
+# bound (eta, B, max_in_flight, max_buffered) is read from Redis, where `initialize` stored it: every process on
+# every node applies the same one, whatever its own config says.
 _ADMIT_LUA = """
+local bound = redis.call('HMGET', KEYS[5], 'eta', 'groups_per_step', 'max_in_flight', 'max_buffered')
+if not bound[1] then return redis.error_reply('SLIPSTREAM_NOT_INITIALIZED') end
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 local accepted = tonumber(redis.call('GET', KEYS[2]) or '0')
 local running = tonumber(redis.call('GET', KEYS[3]) or '0')
 local buffered = redis.call('XLEN', KEYS[4])
-local eta, B, max_in_flight, max_buffered, want =
-  tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local eta, B, max_in_flight, max_buffered = tonumber(bound[1]), tonumber(bound[2]), tonumber(bound[3]),
+  tonumber(bound[4])
+local want = tonumber(ARGV[1])
 local cap = math.min(max_in_flight - running, (eta + v + 1) * B - (accepted + running))
 cap = math.min(cap, max_buffered - buffered - running)
 local granted = math.max(0, math.min(cap, want))
@@ -37,25 +43,6 @@ return {granted, v}
 """
 
 CONSUMER_GROUP = "trainers"
-# Counters that generators add through push(counters=...) and that stats() reports.
-METRIC_COUNTERS = ("filtered_zero_variance", "skipped_easy_prompts", "too_long_prompts", "reward_errors")
-
-
-class BufferUnavailable(RuntimeError):
-    pass
-
-
-@dataclass
-class PoppedBatch:
-    entry_ids: list[bytes]
-    payloads: list[bytes]  # encoded groups (buffer.schema.decode_group), passed on to trainers undecoded
-    version: int  # trainer's policy version when popped
-    staleness: list[int] = field(default_factory=list)
-    dropped_stale: int = 0  # groups evicted while filling this batch
-
-    @property
-    def groups(self) -> list[Group]:
-        return [decode_group(p) for p in self.payloads]
 
 
 class RedisBuffer:
@@ -74,15 +61,38 @@ class RedisBuffer:
                 f"buffer.redis_url empty to let Slipstream start an embedded server"
             ) from e
         self._admit = self.client.register_script(_ADMIT_LUA)
+        self.check_bound()
         self._held: list[tuple[bytes, bytes, int]] = []  # (entry id, payload, min version) of a batch not yet full
 
     def key(self, name: str) -> str:
         return f"{self.prefix}:{name}"
 
+    @property
+    def bound(self) -> dict[str, int]:
+        return {"eta": self.eta, "groups_per_step": self.groups_per_step, "max_in_flight": self.max_in_flight,
+                "max_buffered": self.max_buffered}
+
+    def check_bound(self) -> None:
+        """Raise BoundMismatch if the run at this prefix stored another bound (nothing stored yet: fine)."""
+        stored = {k.decode(): int(v) for k, v in self.client.hgetall(self.key("bound")).items()}
+        if stored and stored != self.bound:
+            diff = ", ".join(f"{k}: run {stored.get(k)} vs here {v}" for k, v in self.bound.items()
+                             if stored.get(k) != v)
+            raise BoundMismatch(
+                f"the run at Redis prefix {self.prefix!r} was initialized with another staleness bound ({diff}); "
+                f"give every process the same buffer.eta / buffer.groups_per_step / buffer.max_in_flight / "
+                f"buffer.max_buffered, or start a new run under another buffer.key_prefix")
+
+    def prompt_stats(self, decay: float = 1.0, grad_mix: float = 0.5) -> PromptStats:
+        """The per-prompt statistics of this run, in the same Redis."""
+        return PromptStats(self.client, self.prefix, decay=decay, grad_mix=grad_mix)
+
     # -- lifecycle -------------------------------------------------------------------------------------------
     def initialize(self, version: int = 0) -> None:
-        """Set the version and rebase the admission counters on it (fresh start or resume from checkpoint):
-        the trainer has consumed version * B groups, so what is still in the stream counts as accepted."""
+        """Store the bound, set the version and rebase the admission counters on it (fresh start or resume from
+        checkpoint): the trainer has consumed version * B groups, so what is still in the stream counts as
+        accepted. Raises BoundMismatch if the run was started with another bound."""
+        self.check_bound()
         try:
             self.client.xgroup_create(self.key("groups"), CONSUMER_GROUP, id="0", mkstream=True)
         except redis.ResponseError as e:
@@ -90,6 +100,7 @@ class RedisBuffer:
                 raise
         buffered = self.client.xlen(self.key("groups"))
         with self.client.pipeline(transaction=True) as p:
+            p.hset(self.key("bound"), mapping=self.bound)
             p.set(self.key("version"), version)
             p.set(self.key("running"), 0)
             p.set(self.key("accepted"), version * self.groups_per_step + buffered)
@@ -98,9 +109,14 @@ class RedisBuffer:
     # -- generator side --------------------------------------------------------------------------------------
     def admit(self, want: int) -> tuple[int, int]:
         """Reserve up to `want` group slots; returns (granted, current policy version)."""
-        granted, version = self._admit(
-            keys=[self.key("version"), self.key("accepted"), self.key("running"), self.key("groups")],
-            args=[self.eta, self.groups_per_step, self.max_in_flight, self.max_buffered, want])
+        try:
+            granted, version = self._admit(keys=[self.key(k) for k in ("version", "accepted", "running", "groups",
+                                                                         "bound")], args=[want])
+        except redis.ResponseError as e:
+            if "SLIPSTREAM_NOT_INITIALIZED" not in str(e):
+                raise
+            raise BufferUnavailable(f"the buffer at Redis prefix {self.prefix!r} is not initialized: the job driver "
+                                    f"calls initialize() before it starts rollout workers") from e
         return int(granted), int(version)
 
     def push(self, groups: list[Group], released: int = 0, gen_tokens: int = 0,

@@ -27,12 +27,18 @@ from __future__ import annotations
 
 import math
 
+from plugins import Registry
+
+# name -> weight rule `(pass_rates, grad_norms, *, alpha, beta) -> weights`; n_i is proportional to w_i
+ALLOCATION_RULES: Registry = Registry("allocation rule", "rollout.gvm.rule")
+
 
 def smoothed_pass_rate(passes: float, attempts: float, prior_a: float = 1.0, prior_b: float = 1.0) -> float:
     """Posterior mean of a Beta(prior_a, prior_b) prior after `passes` of `attempts` (may be recency-weighted)."""
     return (passes + prior_a) / (attempts + prior_a + prior_b)
 
 
+@ALLOCATION_RULES.register("paper")
 def gvm_weights(pass_rates: list[float], grad_norms: list[float], *, alpha: float = 1e-3,
                 beta: float = 2.0) -> list[float]:
     """w_i = G_i / sqrt(p_i + alpha / p_i^(beta - 1)); 0 where p_i = 0 or G_i = 0 (as the reference)."""
@@ -48,6 +54,11 @@ def gvm_weights(pass_rates: list[float], grad_norms: list[float], *, alpha: floa
 def neyman_weights(pass_rates: list[float], grad_norms: list[float]) -> list[float]:
     """w_i = G_i * sqrt(p_i (1 - p_i)): 0 where p_i is 0 or 1 (a group of one outcome has zero advantage)."""
     return [max(g, 0.0) * math.sqrt(max(p * (1.0 - p), 0.0)) for p, g in zip(pass_rates, grad_norms)]
+
+
+@ALLOCATION_RULES.register("neyman")
+def _neyman_rule(pass_rates: list[float], grad_norms: list[float], *, alpha: float, beta: float) -> list[float]:
+    return neyman_weights(pass_rates, grad_norms)  # alpha and beta belong to the paper's rule
 
 
 def largest_remainder(shares: list[float], total: int) -> list[int]:
@@ -85,17 +96,10 @@ def bounded_shares(weights: list[float], budget: int, n_min: int, n_max: int) ->
             shares[i] = float(n_min if trial[i] < n_min else n_max)
 
 
-RULES = ("paper", "neyman")
-
-
 def allocate(pass_rates: list[float], grad_norms: list[float], budget: int, *, n_min: int, n_max: int,
              alpha: float = 1e-3, beta: float = 2.0, rule: str = "paper") -> list[int]:
-    """Samples per prompt under `rule` (paper: GVM's theorem; neyman: the group-variance rule), within
+    """Samples per prompt under `rule` (a registered name or dotted path: paper, GVM's theorem; neyman, the
+    group-variance rule), within
     [n_min, n_max], summing to `budget`."""
-    if rule == "paper":
-        weights = gvm_weights(pass_rates, grad_norms, alpha=alpha, beta=beta)
-    elif rule == "neyman":
-        weights = neyman_weights(pass_rates, grad_norms)
-    else:
-        raise ValueError(f"unknown allocation rule {rule!r}; one of {', '.join(RULES)}")
+    weights = ALLOCATION_RULES.resolve(rule)(pass_rates, grad_norms, alpha=alpha, beta=beta)
     return largest_remainder(bounded_shares(weights, budget, n_min, n_max), budget)

@@ -22,6 +22,7 @@ class GvmConfig:
 @dataclass
 class RolloutConfig:
     num_workers: int = 1  # rollout workers, one engine each
+    engine: str = "vllm"  # registered name or dotted path of an Engine factory (rollout/api.py, ENGINES)
     group_size: int = 8  # samples per prompt (n)
     max_new_tokens: int = 8
     temperature: float = 1.0
@@ -49,7 +50,7 @@ class RolloutConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "addition"
+    name: str = "addition"  # registered name or dotted path of a prompt source factory (rollout/api.py)
     num_digits: int = 2
     # 1,000 held-out problems: one evaluation's sd is about 1.4 points at 25% success. Under operands=digits they
     # hold (nearly) all 100 one-digit pairs, so none of those can be memorised from the training stream.
@@ -59,3 +60,33 @@ class TaskConfig:
     operands: str = "digits"  # digits | uniform: how operand values are drawn (rollout/prompts.py)
     pool_size: int = 0  # > 0: a fixed training set of this many problems, visited epoch by epoch (0: endless)
 
+
+
+def problems(rollout: RolloutConfig, task: TaskConfig) -> list[str]:
+    """What is wrong with the rollout: and task: sections, each naming the key and the fix (empty: nothing)."""
+    from rollout.allocation import ALLOCATION_RULES
+    from rollout.engine import ENGINES
+    from rollout.prompts import PROMPT_SOURCES
+
+    r, g = rollout, rollout.gvm
+    checks = [
+        (r.group_size >= 2, f"rollout.group_size={r.group_size}: GRPO advantages need >= 2"),
+        (r.num_workers >= 1, "rollout.num_workers must be >= 1"),
+        (r.max_new_tokens < r.max_model_len, f"rollout.max_new_tokens={r.max_new_tokens} leaves no room for a prompt "
+                                             f"in rollout.max_model_len={r.max_model_len}"),
+        (r.temperature > 0, "rollout.temperature must be > 0 for RL sampling (greedy gives no spread)"),
+        (r.top_p == 1.0, f"rollout.top_p={r.top_p}: the trainer scores tokens under the full softmax(logits / "
+                         f"temperature), not a top-p nucleus, so its ratios to the engine's log-probs would compare "
+                         f"different distributions; use rollout.top_p=1.0 (and rollout.temperature to sharpen "
+                         f"sampling)"),
+        (0.0 < r.max_pass_rate <= 1.0, "rollout.max_pass_rate must be in (0, 1] (1 = no filter)"),
+        (r.allocation in ("uniform", "gvm"), f"rollout.allocation={r.allocation!r}: one of uniform, gvm"),
+    ]
+    if r.allocation == "gvm":
+        checks.append((g.n_min <= min(r.group_size, g.pilot_size) and g.n_max >= r.group_size,
+                       f"rollout.gvm needs n_min <= min(group_size, pilot_size) and n_max >= group_size "
+                       f"(n_min={g.n_min}, pilot_size={g.pilot_size}, group_size={r.group_size}, n_max={g.n_max})"))
+    out = [msg for ok, msg in checks if not ok]
+    out += [p for p in (ENGINES.problem(r.engine), PROMPT_SOURCES.problem(task.name),
+                        ALLOCATION_RULES.problem(g.rule) if r.allocation == "gvm" else None) if p]
+    return out

@@ -1,14 +1,24 @@
-"""The generation engine: one vLLM `LLM` per rollout worker, behind a small interface.
+"""The generation engine: one vLLM `LLM` per rollout worker, behind rollout.api.Engine.
 
 Only this module imports vLLM. The engine runs in the worker's process (V1 multiprocessing off), so new
 weights reach it by reference, without a copy through a socket.
+
+Concurrency: `generate`, `load_weights` and a `pause`d section exclude each other (one re-entrant lock), so
+weights change only between generate calls and every token of a call carries the version it was sampled under.
 """
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
+
+from plugins import Registry
+from rollout.config import RolloutConfig
+
+# name -> factory `(model_path, rollout: RolloutConfig, *, seed) -> Engine` (rollout.api.Engine)
+ENGINES: Registry = Registry("engine", "rollout.engine")
 
 
 @dataclass
@@ -17,12 +27,13 @@ class Completion:
     logprobs: np.ndarray  # float32 [R], after temperature / top-p (what the sampler drew from)
     text: str
     finish_reason: str  # "stop" | "length"
+    token_versions: np.ndarray  # int32 [R], policy version of the weights that sampled each token
 
 
 class VllmEngine:
     def __init__(self, model_path: str, *, max_model_len: int, seed: int, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True,
-                 tensor_parallel_size: int = 1):
+                 tensor_parallel_size: int = 1, version: int = 0):
         # Before vLLM is imported: keep the engine core in this process (see module docstring).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
@@ -34,6 +45,15 @@ class VllmEngine:
                        worker_extension_cls="rollout.vllm_extension.WeightLoaderExtension")
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
+        self.version = version  # of the weights loaded now: the model directory's until the first load_weights
+        self._gate = threading.RLock()
+
+    def pause(self) -> None:
+        """Wait for the generate call in flight, then hold off every other thread's calls until resume()."""
+        self._gate.acquire()
+
+    def resume(self) -> None:
+        self._gate.release()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -48,8 +68,10 @@ class VllmEngine:
         counts = n if isinstance(n, list) else [n] * len(prompt_ids)
         params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                                  logprobs=0 if temperature > 0 else None, seed=seed) for k in counts]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
-                                    use_tqdm=False)
+        with self._gate:
+            version = self.version
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
+                                        use_tqdm=False)
         result = []
         for out in outputs:
             group = []
@@ -59,11 +81,22 @@ class VllmEngine:
                     lps = np.asarray([step[t].logprob for t, step in zip(c.token_ids, c.logprobs)], np.float32)
                 else:
                     lps = np.zeros(len(ids), np.float32)  # greedy: no sampling distribution to record
-                group.append(Completion(ids, lps, c.text, "length" if c.finish_reason == "length" else "stop"))
+                group.append(Completion(ids, lps, c.text, "length" if c.finish_reason == "length" else "stop",
+                                        np.full(len(ids), version, np.int32)))
             result.append(group)
         return result
 
-    def load_weights(self, named_tensors: dict) -> None:
-        self.llm.collective_rpc("slipstream_load_weights", args=(named_tensors,))
-        # Cached prefixes hold KV computed by the old weights.
-        self.llm.reset_prefix_cache()
+    def load_weights(self, version: int, named_tensors: dict) -> None:
+        """Between generate calls: the call in flight finishes under the old weights first."""
+        with self._gate:
+            self.llm.collective_rpc("slipstream_load_weights", args=(named_tensors,))
+            self.llm.reset_prefix_cache()  # cached prefixes hold KV computed by the old weights
+            self.version = version
+
+
+@ENGINES.register("vllm")
+def vllm_engine(model_path: str, rollout: RolloutConfig, *, seed: int, version: int = 0) -> VllmEngine:
+    return VllmEngine(model_path, max_model_len=rollout.max_model_len, seed=seed, dtype=rollout.dtype,
+                      gpu_memory_utilization=rollout.gpu_memory_utilization,
+                      tensor_parallel_size=rollout.tensor_parallel_size, version=version,
+                      enforce_eager=rollout.enforce_eager or rollout.gpus_per_worker == 0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from buffer.prompt_stats import PromptStat
+from buffer.api import PromptStat
 from rollout.allocation import allocate, smoothed_pass_rate
 from rollout.config import GvmConfig
 
@@ -17,16 +17,12 @@ from rollout.config import GvmConfig
 class SamplingPlan:
     counts: list[int]  # samples per prompt, in prompt order
     pilots: int  # prompts never seen, given gvm.pilot_size
-    at_min: int  # prompts given n_min
-    at_max: int  # prompts given n_max
-    stats_age: float  # mean (current version - version of the gradient-norm estimate) over prompts with one
 
 
-def plan_samples(stats: list[PromptStat], group_size: int, allocation: str, gvm: GvmConfig,
-                 version: int) -> SamplingPlan:
+def plan_samples(stats: list[PromptStat], group_size: int, allocation: str, gvm: GvmConfig) -> SamplingPlan:
     k, budget = len(stats), len(stats) * group_size
     if allocation == "uniform":
-        return SamplingPlan([group_size] * k, 0, 0, 0, 0.0)
+        return SamplingPlan([group_size] * k, 0)
     if allocation != "gvm":
         raise ValueError(f"unknown rollout.allocation {allocation!r}; one of uniform, gvm")
     counts = [0] * k
@@ -47,6 +43,4 @@ def plan_samples(stats: list[PromptStat], group_size: int, allocation: str, gvm:
             counts[i] = n
     elif pilots:  # only new prompts: spread the whole budget over them
         counts = [budget // k + (1 if i < budget % k else 0) for i in range(k)]
-    ages = [version - s.grad_version for s in stats if s.grad_version >= 0]
-    return SamplingPlan(counts, len(pilots), sum(c == gvm.n_min for c in counts), sum(c >= gvm.n_max for c in counts),
-                        sum(ages) / len(ages) if ages else 0.0)
+    return SamplingPlan(counts, len(pilots))

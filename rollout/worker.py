@@ -1,73 +1,52 @@
-"""The rollout worker: a Ray actor that owns one engine and generates without pause.
+"""The rollout worker loop, over the contracts only: an Engine, a PromptSource, a Buffer with its prompt statistics
+and a reward scorer (rollout/actor.py builds them from config and runs this as a Ray actor).
 
-Loop: apply any weights received -> ask the buffer's admission guard for group slots -> draw prompts ->
+One `step`: apply any weights received -> ask the buffer's admission guard for group slots -> draw prompts ->
 generate n samples each with per-token behaviour log-probs -> score with the reward function -> push whole
-groups. It never waits for the trainer except through the admission guard.
+groups. `run` steps until `stop`; it never waits for the trainer except through the admission guard.
 
 Concurrency: the actor is threaded (Ray `max_concurrency`). `run` loops in one thread; `receive_weights`
 only stashes the newest weights (the trainer never waits for a generation step), and `evaluate` shares the
-engine through a lock, between generation calls.
+engine between generation calls (the engine's own lock; `pause` for a section of several calls).
 
-Invariant: every token is tagged with the policy version of the weights that produced it. Weights change
-only between `generate` calls, so one call's tokens share a version.
+Invariant: every token is tagged with the policy version of the weights that produced it (the engine tags each
+completion); weights change only between `generate` calls.
 """
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
 import numpy as np
 
-from buffer.config import BufferConfig
-from buffer.prompt_stats import PromptStats
-from buffer.redis_buffer import METRIC_COUNTERS, RedisBuffer
-from buffer.schema import Group, Sample
-from rewards.config import RewardConfig
-from rollout.config import RolloutConfig, TaskConfig
-from rollout.prompts import AdditionTask, Prompt
+from buffer.api import METRIC_COUNTERS, Buffer, Group, PromptStatsStore, Sample
+from rollout.config import RolloutConfig
+from rollout.prompts import Prompt
 from rollout.sampling_plan import plan_samples
 
 log = logging.getLogger("slipstream.rollout")
 
 
 class RolloutWorker:
-    def __init__(self, worker_id: int, model_path: str, rollout: RolloutConfig, task: TaskConfig,
-                 buffer: BufferConfig, reward: RewardConfig, redis_url: str, key_prefix: str, groups_per_step: int,
-                 seed: int):
-        if rollout.gpus_per_worker == 0:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(rollout.cpus_per_worker))))
-        from rewards import build_scorer
-        from rollout.engine import VllmEngine
-
-        self.worker_id, self.cfg = worker_id, rollout
-        self.scorer = build_scorer(reward)  # rewards run safely: time limits, failure policy, process pool
-        self.prompts = AdditionTask(num_digits=task.num_digits, seed=seed * 1_000 + worker_id,
-                                    held_out_size=task.held_out_size, max_operands=task.max_operands,
-                                    operands_decay=task.operands_decay, pool_size=task.pool_size, pool_seed=seed,
-                                    operands=task.operands)
-        self.buffer = RedisBuffer(redis_url, prefix=key_prefix, eta=buffer.eta, groups_per_step=groups_per_step,
-                                  max_in_flight=buffer.max_in_flight, max_buffered=buffer.max_buffered)
-        gvm = rollout.allocation == "gvm"
-        self.prompt_stats = PromptStats(self.buffer.client, key_prefix, decay=rollout.gvm.decay if gvm else 1.0,
-                                        grad_mix=rollout.gvm.grad_mix)
-        self.engine = VllmEngine(model_path, max_model_len=rollout.max_model_len, seed=seed + worker_id,
-                                 dtype=rollout.dtype, gpu_memory_utilization=rollout.gpu_memory_utilization,
-                                 tensor_parallel_size=rollout.tensor_parallel_size,
-                                 enforce_eager=rollout.enforce_eager or rollout.gpus_per_worker == 0)
-        self.version = 0
-        self._engine_lock = threading.Lock()
+    def __init__(self, worker_id: int, cfg: RolloutConfig, *, engine, prompts, buffer: Buffer,
+                 prompt_stats: PromptStatsStore, scorer):
+        """engine: rollout.api.Engine; prompts: rollout.api.PromptSource; scorer: rewards.Scorer."""
+        self.worker_id, self.cfg = worker_id, cfg
+        self.engine, self.prompts, self.buffer, self.prompt_stats, self.scorer = (
+            engine, prompts, buffer, prompt_stats, scorer)
         self._pending_lock = threading.Lock()
+        self._apply_lock = threading.Lock()  # the loop and evaluate() both apply: never an older version last
         self._pending: tuple[int, dict] | None = None
         self._stop = threading.Event()
         self.counters = {"groups": 0, "samples": 0, "tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0,
-                         "pilot_prompts": 0,
-                         "gen_seconds": 0.0, **dict.fromkeys(METRIC_COUNTERS, 0)}
+                         "pilot_prompts": 0, "gen_seconds": 0.0, **dict.fromkeys(METRIC_COUNTERS, 0)}
 
-    # -- called by the trainer / driver -------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.engine.version
+
+    # -- called by the trainer / driver (rollout.api.WeightReceiver) --------------------------------------
     def receive_weights(self, version: int, named_arrays: dict) -> None:
         with self._pending_lock:
             if self._pending is None or version > self._pending[0]:
@@ -84,13 +63,16 @@ class RolloutWorker:
         """Held-out success on prompts ({"text", "fields"}) with this engine's current weights: greedy, and with
         `samples` > 0 also the mean success of that many samples per prompt at the rollout temperature (what RL
         optimises: sharpening a distribution raises it before it flips any greedy answer)."""
-        with self._engine_lock:
-            self._apply_pending_weights()
+        self._apply_pending_weights()  # before pause(): the loop takes these two locks in this order too
+        self.engine.pause()  # both passes under the same weights
+        try:
             ids = [self.engine.encode(p["text"]) for p in prompts]
             outs = self.engine.generate(ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
             sampled = self.engine.generate(ids, n=samples, max_new_tokens=max_new_tokens,
                                            temperature=self.cfg.temperature, seed=0) if samples else None
             version = self.version
+        finally:
+            self.engine.resume()
         scored = self.scorer.score_groups([(p["text"], [o[0].text], p["fields"]) for p, o in zip(prompts, outs)])
         result = {"success": float(np.mean([g.samples[0].reward for g in scored])), "version": version,
                   "n": len(prompts)}
@@ -107,26 +89,29 @@ class RolloutWorker:
     def run(self) -> dict:
         """Generate until stop(); returns the counters."""
         while not self._stop.is_set():
-            with self._engine_lock:
-                self._apply_pending_weights()
-            granted, version = self.buffer.admit(self.cfg.groups_per_call)
-            if granted == 0:
+            if self.step() is None:
                 time.sleep(self.cfg.idle_sleep_s)
-                continue
-            pushed, scored, before = [], [], {k: self.counters[k] for k in METRIC_COUNTERS}
-            try:
-                prompts = self._draw_prompts(granted)
-                with self._engine_lock:
-                    if version > self.version:  # the trainer stores weights before it bumps the version
-                        self._apply_pending_weights()
-                    scored = self._generate_groups(prompts, self._plan(prompts, version))
-                pushed = self._filter(scored)
-            finally:  # a failed call must still give its admission slots back
-                self.buffer.push(pushed, released=granted - len(pushed),
-                                 gen_tokens=sum(g.num_response_tokens for g in scored),
-                                 counters={k: self.counters[k] - before[k] for k in METRIC_COUNTERS})
         self.scorer.close()  # safe: the pool restarts if evaluate() is called later
         return self.stats()
+
+    def step(self) -> int | None:
+        """One generate call's worth of groups; returns the number pushed, None if admission granted nothing."""
+        self._apply_pending_weights()
+        granted, version = self.buffer.admit(self.cfg.groups_per_call)
+        if granted == 0:
+            return None
+        pushed, scored, before = [], [], {k: self.counters[k] for k in METRIC_COUNTERS}
+        try:
+            prompts = self._draw_prompts(granted)
+            if version > self.version:  # the trainer stores weights before it bumps the version
+                self._apply_pending_weights()
+            scored = self._generate_groups(prompts, self._plan(prompts))
+            pushed = self._filter(scored)
+        finally:  # a failed call must still give its admission slots back
+            self.buffer.push(pushed, released=granted - len(pushed),
+                             gen_tokens=sum(g.num_response_tokens for g in scored),
+                             counters={k: self.counters[k] - before[k] for k in METRIC_COUNTERS})
+        return len(pushed)
 
     def _draw_prompts(self, n: int) -> list[Prompt]:
         """n prompts from the source, skipping those already solved often enough (max_pass_rate < 1)."""
@@ -136,8 +121,9 @@ class RolloutWorker:
         chosen: list[Prompt] = []
         for _ in range(20):  # bounded: if nearly everything is solved, train on what comes rather than spin
             candidates = self.prompts.next(n - len(chosen))
-            for p, (attempts, passes) in zip(candidates, self.prompt_stats.get([p.prompt_id for p in candidates])):
-                if attempts >= cfg.pass_rate_min_attempts and passes / attempts > cfg.max_pass_rate:
+            for p, stat in zip(candidates, self.prompt_stats.get_stats([p.prompt_id for p in candidates])):
+                # the recent pass rate (decayed passes / decayed attempts) once the prompt has been seen enough
+                if stat.seen >= cfg.pass_rate_min_attempts and stat.pass_rate > cfg.max_pass_rate:
                     self.counters["skipped_easy_prompts"] += 1
                 else:
                     chosen.append(p)
@@ -145,12 +131,12 @@ class RolloutWorker:
                 return chosen
         return chosen + self.prompts.next(n - len(chosen))
 
-    def _plan(self, prompts: list[Prompt], version: int) -> list[int]:
+    def _plan(self, prompts: list[Prompt]) -> list[int]:
         """Samples per prompt for this call (uniform: group_size each; gvm: from the shared statistics)."""
         if self.cfg.allocation == "uniform":
             return [self.cfg.group_size] * len(prompts)
         stats = self.prompt_stats.get_stats([p.prompt_id for p in prompts])
-        plan = plan_samples(stats, self.cfg.group_size, self.cfg.allocation, self.cfg.gvm, version)
+        plan = plan_samples(stats, self.cfg.group_size, self.cfg.allocation, self.cfg.gvm)
         self.counters["pilot_prompts"] += plan.pilots
         return plan.counts
 
@@ -167,14 +153,14 @@ class RolloutWorker:
     def _apply_pending_weights(self) -> None:
         import torch
 
-        with self._pending_lock:
-            pending, self._pending = self._pending, None
-        if pending is None or pending[0] <= self.version:
-            return
-        t0 = time.perf_counter()
-        version, arrays = pending
-        self.engine.load_weights({k: torch.from_numpy(v) for k, v in arrays.items()})
-        self.version = version
+        with self._apply_lock:
+            with self._pending_lock:
+                pending, self._pending = self._pending, None
+            if pending is None or pending[0] <= self.version:
+                return
+            t0 = time.perf_counter()
+            version, arrays = pending
+            self.engine.load_weights(version, {k: torch.from_numpy(v) for k, v in arrays.items()})
         self.counters["weight_loads"] += 1
         self.counters["weight_load_seconds"] += time.perf_counter() - t0
 
@@ -209,7 +195,7 @@ class RolloutWorker:
                 continue
             samples = [Sample(prompt_ids=np.asarray(ids, np.int32), response_ids=c.token_ids,
                               behaviour_logprobs=c.logprobs,
-                              token_versions=np.full(len(c.token_ids), self.version, np.int32),
+                              token_versions=c.token_versions,
                               reward=s.reward, finish_reason=c.finish_reason, reward_details=s.details,
                               gen_seconds=seconds)
                        for c, s in zip(completions, score.samples)]

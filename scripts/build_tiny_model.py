@@ -26,7 +26,7 @@ def main() -> None:
     if os.path.exists(os.path.join(args.out, "slipstream_build.json")) and not args.force:
         print(f"tiny model already at {args.out} (use --force to rebuild)")
         return
-    from launcher.tiny_model import TinyModelSpec, build_tiny_model
+    from rollout.tasks.addition_model import TinyModelSpec, build_tiny_model
 
     spec = TinyModelSpec()
     if args.target_success is not None:

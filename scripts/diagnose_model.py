@@ -26,7 +26,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rewards.builtin import exact_answer
-    from rollout.prompts import AdditionTask
+    from rollout.tasks.addition import AdditionTask
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(args.model)

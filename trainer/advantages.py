@@ -7,7 +7,19 @@ from __future__ import annotations
 
 import torch
 
+from plugins import PluginError, Registry
+from trainer.config import AdvantageConfig
+
 EPS = 1e-6
+
+# name -> estimator. Sequence-level: `(rewards [B], group_ids [B], cfg: AdvantageConfig) -> [B]`, computed over the
+# whole popped batch. Token-level with a value model (attribute `uses_critic = True`):
+# `(token_rewards [B, T], values [B, T], mask [B, T], cfg) -> (advantages [B, T], returns [B, T])`.
+ADVANTAGES: Registry = Registry("advantage", "trainer.advantage.name")
+
+
+def uses_critic(estimator) -> bool:
+    return getattr(estimator, "uses_critic", False) is True
 
 
 def _all_equal(rewards: torch.Tensor) -> bool:
@@ -86,23 +98,56 @@ def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *
     return adv, (adv + v) * m
 
 
+@ADVANTAGES.register("grpo")
+def _grpo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig) -> torch.Tensor:
+    return _per_group(rewards, group_ids, lambda r: grpo_advantages(r, scale_by_std=cfg.scale_by_std))
+
+
+@ADVANTAGES.register("rloo")
+def _rloo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig) -> torch.Tensor:
+    return _per_group(rewards, group_ids, rloo_advantages)
+
+
+@ADVANTAGES.register("batch")
+def _batch(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig) -> torch.Tensor:
+    groups = _groups(group_ids)
+    out = torch.zeros_like(rewards)
+    for idx, adv in zip(groups, batch_normalized_advantages([rewards[i] for i in groups], center=cfg.batch_center)):
+        out[idx] = adv
+    return out
+
+
+@ADVANTAGES.register("gae")
+def _gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+         cfg: AdvantageConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    return gae(token_rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
+
+
+_gae.uses_critic = True  # type: ignore[attr-defined]
+
+
+def _groups(group_ids: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.nonzero(group_ids == g).squeeze(-1) for g in torch.unique(group_ids, sorted=True)]
+
+
+def _per_group(rewards: torch.Tensor, group_ids: torch.Tensor, fn) -> torch.Tensor:
+    out = torch.zeros_like(rewards)
+    for idx in _groups(group_ids):
+        out[idx] = fn(rewards[idx])
+    return out
+
+
 def sequence_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, name: str, scale_by_std: bool = True,
                         batch_center: str = "group") -> torch.Tensor:
-    """One advantage per sequence for the group-based estimators.
+    """One advantage per sequence from the sequence-level estimator registered as `name`.
 
     rewards: [B] float, group_ids: [B] long (same id = same group) -> [B]
     """
-    groups = [torch.nonzero(group_ids == g).squeeze(-1) for g in torch.unique(group_ids, sorted=True)]
-    out = torch.zeros_like(rewards)
-    if name == "batch":
-        for idx, adv in zip(groups, batch_normalized_advantages([rewards[i] for i in groups], center=batch_center)):
-            out[idx] = adv
-        return out
-    for idx in groups:
-        if name == "grpo":
-            out[idx] = grpo_advantages(rewards[idx], scale_by_std=scale_by_std)
-        elif name == "rloo":
-            out[idx] = rloo_advantages(rewards[idx])
-        else:
-            raise ValueError(f"unknown sequence advantage {name!r}; one of grpo, rloo, batch (gae is per token)")
-    return out
+    try:
+        estimator = ADVANTAGES.resolve(name)
+    except PluginError as e:
+        raise ValueError(f"unknown sequence advantage {name!r}: {e}") from e
+    if uses_critic(estimator):
+        raise ValueError(f"unknown sequence advantage {name!r}: it is per token and needs a value model")
+    return estimator(rewards, group_ids, AdvantageConfig(name=name, scale_by_std=scale_by_std,
+                                                         batch_center=batch_center))

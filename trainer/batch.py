@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from buffer.schema import Group
+from buffer.api import Group
 
 
 @dataclass
@@ -38,7 +38,7 @@ def build_train_batch(groups: list[Group], *, pad_id: int = 0) -> TrainBatch:
     """Groups -> one padded batch (advantages are computed from it by trainer.advantages)."""
     rows = [(s.prompt_ids, s.response_ids, s.behaviour_logprobs, s.reward, gi)
             for gi, g in enumerate(groups) for s in g.samples]
-    width = max(len(p) + len(r) for p, r, *_ in rows)
+    width = max((len(p) + len(r) for p, r, *_ in rows), default=1)  # no groups (a rank with no share): 0 rows
     n = len(rows)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     attention = torch.zeros((n, width), dtype=torch.long)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class LossConfig:
-    name: str = "decoupled_ppo"  # ppo_clip | decoupled_ppo | tis | cispo | gspo
+    name: str = "decoupled_ppo"  # ppo_clip | decoupled_ppo | tis | cispo | gspo, or a dotted path (trainer/api.py)
     eps_low: float = 0.2
     eps_high: float = 0.28  # clip-higher (DAPO): a wider upper bound keeps exploration alive
     dual_clip: float = 0.0  # c > 1 enables dual-clip for negative advantages (0 = off)
@@ -22,7 +22,7 @@ class LossConfig:
 
 @dataclass
 class AdvantageConfig:
-    name: str = "grpo"  # grpo | rloo | batch | gae (gae trains a value model: see CriticConfig)
+    name: str = "grpo"  # grpo | rloo | batch | gae (gae trains a value model: see CriticConfig), or a dotted path
     scale_by_std: bool = True  # grpo: divide group-centred rewards by the group's std
     batch_center: str = "group"  # batch: centre on the group mean (ScaleRL) or the batch mean
     gamma: float = 1.0  # gae
@@ -37,7 +37,6 @@ class CriticConfig:
 
 @dataclass
 class TrainerConfig:
-    groups_per_step: int = 16  # B: groups per optimizer step
     lr: float = 1e-4
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -45,15 +44,15 @@ class TrainerConfig:
     zero_stage: int = 2
     num_ranks: int = 1
     micro_batches: int = 1  # micro-batches per rank per optimizer step (gradient accumulation)
-    # PPO mini-batch epochs: each popped batch is cut into mini_batches_per_step mini-batches (whole groups) and
-    # visited ppo_epochs times, one optimizer step per mini-batch. pi_prox is the weights before the first of them;
-    # the policy version still bumps once per popped batch.
+    # PPO mini-batch epochs: each popped batch (buffer.groups_per_step groups) is cut into mini_batches_per_step
+    # mini-batches (whole groups) and visited ppo_epochs times, one optimizer step per mini-batch. pi_prox is the
+    # weights before the first of them; the policy version still bumps once per popped batch.
     ppo_epochs: int = 1
     mini_batches_per_step: int = 1
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 0.0
     dtype: str = "float32"  # float32 | bfloat16 (GPU)
-    weight_transport: str = "store"  # store (Ray object store); nccl comes later behind the same interface
+    weight_transport: str = "store"  # store (Ray object store), or a dotted path (trainer/api.py, TRANSPORTS)
     # Per-prompt gradient-norm estimate written back for GVM allocation: none | proxy | exact (trainer/grad_norms.py)
     grad_norm_estimate: str = "none"
     # pi_prox: "grad_pass" takes it from the gradient pass (exact: the weights change only after the last
@@ -63,3 +62,39 @@ class TrainerConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
+
+
+def problems(cfg: TrainerConfig) -> list[str]:
+    """What is wrong with the trainer: section, each naming the key and the fix (empty: nothing)."""
+    from trainer.advantages import ADVANTAGES
+    from trainer.losses import AGGREGATIONS, POLICY_LOSSES
+    from trainer.weight_sync import TRANSPORTS
+
+    loss, adv = cfg.loss, cfg.advantage
+    checks = [
+        (cfg.num_ranks >= 1, "trainer.num_ranks must be >= 1"),
+        (cfg.micro_batches >= 1, "trainer.micro_batches must be >= 1"),
+        (cfg.ppo_epochs >= 1, f"trainer.ppo_epochs={cfg.ppo_epochs}: must be >= 1"),
+        (cfg.mini_batches_per_step >= 1, f"trainer.mini_batches_per_step={cfg.mini_batches_per_step}: must be >= 1"),
+        (cfg.zero_stage in (0, 1, 2, 3), f"trainer.zero_stage={cfg.zero_stage}: one of 0, 1, 2, 3"),
+        (cfg.lr > 0, "trainer.lr must be > 0"),
+        (cfg.dtype in ("float32", "bfloat16"), "trainer.dtype: float32 or bfloat16"),
+        (loss.aggregation in AGGREGATIONS,
+         f"trainer.loss.aggregation={loss.aggregation!r}: one of {', '.join(AGGREGATIONS)}"),
+        (loss.aggregation != "constant" or loss.aggregation_constant > 0,
+         "trainer.loss.aggregation=constant needs trainer.loss.aggregation_constant > 0 (e.g. rollout.max_new_tokens)"),
+        (loss.kl_estimator in ("k1", "k3"), f"trainer.loss.kl_estimator={loss.kl_estimator!r}: one of k1, k3"),
+        (loss.kl_in in ("loss", "reward"), f"trainer.loss.kl_in={loss.kl_in!r}: one of loss, reward"),
+        (loss.kl_coef >= 0 and loss.entropy_coef >= 0, "trainer.loss.kl_coef and entropy_coef must be >= 0"),
+        (loss.dual_clip == 0 or loss.dual_clip > 1, f"trainer.loss.dual_clip={loss.dual_clip}: 0 (off) or > 1"),
+        (adv.batch_center in ("group", "batch"), "trainer.advantage.batch_center: group or batch"),
+        (cfg.prox_forward in ("grad_pass", "separate"),
+         f"trainer.prox_forward={cfg.prox_forward!r}: one of grad_pass, separate"),
+        (cfg.grad_norm_estimate in ("none", "proxy", "exact"),
+         f"trainer.grad_norm_estimate={cfg.grad_norm_estimate!r}: one of none, proxy, exact"),
+        (cfg.grad_norm_estimate != "exact" or cfg.zero_stage < 3,
+         "trainer.grad_norm_estimate=exact needs full parameters on each rank: use trainer.zero_stage <= 2 or proxy"),
+    ]
+    out = [msg for ok, msg in checks if not ok]
+    return out + [p for p in (POLICY_LOSSES.problem(loss.name), ADVANTAGES.problem(adv.name),
+                              TRANSPORTS.problem(cfg.weight_transport)) if p]

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import functools
+from typing import Callable
+
 import torch
 
-POLICY_LOSSES = ("ppo_clip", "decoupled_ppo", "tis", "cispo", "gspo")
+from plugins import Registry
+
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
 
 
@@ -59,11 +63,28 @@ def _clipped_surrogate(ratio, adv, p: PolicyLossParams):
     return surrogate, took_clip
 
 
+# name -> policy loss `(logp, prox_logp, behaviour_logp, advantages, mask, params) -> (per-token loss [B, T], LossStats)`
+POLICY_LOSSES: Registry = Registry("policy loss", "trainer.loss.name")
+
+# What the trainer calls: a registered loss with its parameters bound (make_policy_loss).
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                  tuple[torch.Tensor, LossStats]]
+
+
+def make_policy_loss(cfg) -> LossFn:
+    """The loss that `trainer.loss` names, with its parameters bound: `loss_fn(logp, prox_logp, behaviour_logp,
+    advantages, mask)`. A partial of a module-level function, so it pickles by reference to the trainer ranks."""
+    params = PolicyLossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
+                              max_behaviour_weight=cfg.max_behaviour_weight, tis_cap=cfg.tis_cap)
+    return functools.partial(POLICY_LOSSES.resolve(cfg.name), params=params)
+
+
 def policy_loss(name: str, logp: torch.Tensor, prox_logp: torch.Tensor, behaviour_logp: torch.Tensor,
                 advantages: torch.Tensor, mask: torch.Tensor, params: PolicyLossParams
                 ) -> tuple[torch.Tensor, LossStats]:
-    """Per-token policy loss [B, T] and stats. pi_theta = exp(logp) (gradient), pi_prox = the trainer's
-    weights before the step, mu = the engine that sampled (behaviour). Gradient flows through logp only.
+    """Per-token policy loss [B, T] and stats of the loss registered as `name`. pi_theta = exp(logp) (gradient),
+    pi_prox = the trainer's weights before the step, mu = the engine that sampled (behaviour). Gradient flows
+    through logp only.
 
     ppo_clip:      r = pi/mu;                         L = -min(r A, clip(r) A)
     decoupled_ppo: r = pi/pi_prox, w = pi_prox/mu, tokens with w > w_max masked;  L = -w min(r A, clip(r) A)
@@ -71,47 +92,74 @@ def policy_loss(name: str, logp: torch.Tensor, prox_logp: torch.Tensor, behaviou
     cispo:         w = sg(clip(pi/mu, 1-eps_low, 1+eps_high));                   L = -w A log pi
     gspo:          s_i = exp(mean_t log(pi/mu)) per sequence; L = -min(s A, clip(s) A) on each token of i
     """
-    prox_logp, behaviour_logp = prox_logp.detach(), behaviour_logp.detach()
-    m = mask
-    keep, weight = m, m.float()
-    if name == "ppo_clip":
-        surrogate, took_clip = _clipped_surrogate(torch.exp(logp - behaviour_logp), advantages, params)
-    elif name in ("decoupled_ppo", "tis"):
-        raw = torch.exp(prox_logp - behaviour_logp)  # [B, T]
-        if name == "decoupled_ppo":
-            keep = m & (raw <= params.max_behaviour_weight)  # inf / NaN fail the test too
-            weight = torch.where(keep, raw, 0.0)  # zero before meeting the surrogate: inf * 0 is NaN
-        else:
-            weight = torch.where(m, torch.clamp(torch.nan_to_num(raw, posinf=params.tis_cap), max=params.tis_cap), 0.0)
-        surrogate, took_clip = _clipped_surrogate(torch.exp(logp - prox_logp), advantages, params)
-    elif name == "cispo":
-        ratio = torch.exp(logp.detach() - behaviour_logp)
-        clipped_ratio = torch.clamp(ratio, 1.0 - params.eps_low, 1.0 + params.eps_high)
-        took_clip = clipped_ratio != ratio
-        surrogate = clipped_ratio * advantages * logp  # REINFORCE-style: every token keeps a gradient
-    elif name == "gspo":
-        n_tok = m.sum(-1).clamp(min=1)  # [B]
-        log_s = (torch.where(m, logp - behaviour_logp, 0.0)).sum(-1) / n_tok  # [B]
-        seq_adv = (advantages * m).sum(-1) / n_tok  # [B], the sequence's advantage
-        s = torch.exp(log_s)  # [B]
-        seq_surrogate, seq_clip = _clipped_surrogate(s, seq_adv, params)  # [B]
-        surrogate = seq_surrogate[:, None].expand_as(logp)
-        took_clip = seq_clip[:, None].expand_as(logp)
-    else:
-        raise ValueError(f"unknown policy loss {name!r}; one of {', '.join(POLICY_LOSSES)}")
+    return POLICY_LOSSES.resolve(name)(logp, prox_logp, behaviour_logp, advantages, mask, params=params)
+
+
+def _finish(surrogate, took_clip, keep, weight, logp, centre, mask, behaviour_weight) -> tuple[torch.Tensor, LossStats]:
+    """The per-token loss -w * surrogate on the kept tokens, and the statistics every loss reports."""
     per_token = -torch.where(keep, weight * surrogate, 0.0)  # [B, T]
     with torch.no_grad():
         n_keep = max(int(keep.sum()), 1)
-        n_mask = int(m.sum())
-        centre = behaviour_logp if name in ("ppo_clip", "cispo", "gspo") else prox_logp
+        n_mask = int(mask.sum())
         stats = LossStats(
             clip_fraction=int((took_clip & keep).sum()) / n_keep,
-            behaviour_weight_mean=float(torch.where(keep, torch.exp(prox_logp - behaviour_logp), 0.0).sum()) / n_keep
-            if name in ("decoupled_ppo", "tis") else float(torch.where(keep, weight, 0.0).sum()) / n_keep,
+            behaviour_weight_mean=float(torch.where(keep, behaviour_weight, 0.0).sum()) / n_keep,
             masked_fraction=(1.0 - int(keep.sum()) / n_mask) if n_mask else 0.0,
-            approx_kl=float(torch.where(keep, centre - logp, 0.0).sum()) / n_keep,
+            approx_kl=float(torch.where(keep, centre.detach() - logp, 0.0).sum()) / n_keep,
         )
     return per_token, stats
+
+
+@POLICY_LOSSES.register("ppo_clip")
+def ppo_clip(logp, prox_logp, behaviour_logp, advantages, mask, params: PolicyLossParams):
+    mu = behaviour_logp.detach()
+    surrogate, took_clip = _clipped_surrogate(torch.exp(logp - mu), advantages, params)
+    weight = mask.float()
+    return _finish(surrogate, took_clip, mask, weight, logp, mu, mask, weight)
+
+
+def _prox_weighted(logp, prox_logp, behaviour_logp, advantages, mask, keep, weight, params):
+    """The decoupled objective (ratio to pi_prox, weighted towards mu) that decoupled_ppo and tis share."""
+    prox, mu = prox_logp.detach(), behaviour_logp.detach()
+    surrogate, took_clip = _clipped_surrogate(torch.exp(logp - prox), advantages, params)
+    return _finish(surrogate, took_clip, keep, weight, logp, prox, mask, torch.exp(prox - mu))
+
+
+@POLICY_LOSSES.register("decoupled_ppo")
+def decoupled_ppo(logp, prox_logp, behaviour_logp, advantages, mask, params: PolicyLossParams):
+    raw = torch.exp(prox_logp.detach() - behaviour_logp.detach())  # [B, T]
+    keep = mask & (raw <= params.max_behaviour_weight)  # inf / NaN fail the test too
+    weight = torch.where(keep, raw, 0.0)  # zero before meeting the surrogate: inf * 0 is NaN
+    return _prox_weighted(logp, prox_logp, behaviour_logp, advantages, mask, keep, weight, params)
+
+
+@POLICY_LOSSES.register("tis")
+def tis(logp, prox_logp, behaviour_logp, advantages, mask, params: PolicyLossParams):
+    raw = torch.exp(prox_logp.detach() - behaviour_logp.detach())  # [B, T]
+    weight = torch.where(mask, torch.clamp(torch.nan_to_num(raw, posinf=params.tis_cap), max=params.tis_cap), 0.0)
+    return _prox_weighted(logp, prox_logp, behaviour_logp, advantages, mask, mask, weight, params)
+
+
+@POLICY_LOSSES.register("cispo")
+def cispo(logp, prox_logp, behaviour_logp, advantages, mask, params: PolicyLossParams):
+    mu = behaviour_logp.detach()
+    ratio = torch.exp(logp.detach() - mu)
+    clipped_ratio = torch.clamp(ratio, 1.0 - params.eps_low, 1.0 + params.eps_high)
+    surrogate = clipped_ratio * advantages * logp  # REINFORCE-style: every token keeps a gradient
+    weight = mask.float()
+    return _finish(surrogate, clipped_ratio != ratio, mask, weight, logp, mu, mask, weight)
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo(logp, prox_logp, behaviour_logp, advantages, mask, params: PolicyLossParams):
+    mu = behaviour_logp.detach()
+    n_tok = mask.sum(-1).clamp(min=1)  # [B]
+    log_s = (torch.where(mask, logp - mu, 0.0)).sum(-1) / n_tok  # [B]
+    seq_adv = (advantages * mask).sum(-1) / n_tok  # [B], the sequence's advantage
+    seq_surrogate, seq_clip = _clipped_surrogate(torch.exp(log_s), seq_adv, params)  # [B]
+    weight = mask.float()
+    return _finish(seq_surrogate[:, None].expand_as(logp), seq_clip[:, None].expand_as(logp), mask, weight, logp, mu,
+                   mask, weight)
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:

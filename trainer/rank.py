@@ -4,9 +4,15 @@ value model), run as a Ray actor.
 The algorithms are pure functions (`trainer.advantages`, `trainer.losses`); this module only moves tensors,
 steps the optimizers and hands weights to a transport. On CPU DeepSpeed talks gloo; on GPU NCCL.
 
+A step is four phases that every rank runs together, each a method the driver calls (`train_batch` runs all):
+load_batch (the whole popped batch; trainer/step_plan.py cuts it the same way on every rank) -> compute_logprobs
+-> compute_advantages -> update(loss_fn) -> StepResult. N ranks compute what one rank computes: losses divide by
+the whole step's token counts and sequence-level advantages see the whole batch.
+
 Invariants:
-- one `train_step` call = exactly one optimizer step of the policy (and of the critic, if any), whatever the
-  number of micro-batches; every rank steps the same number of micro-batches, even with fewer rows;
+- by default one step = exactly one optimizer step of the policy (and of the critic, if any), whatever the
+  number of micro-batches (trainer.ppo_epochs / mini_batches_per_step ask for more); every rank steps the same
+  number of micro-batches, even with fewer rows or none;
 - proximal log-probs, reference log-probs and old values come from the weights before the step. Because of
   the first invariant, pi_prox is exactly `logp.detach()` of the gradient pass (the weights change only after
   the last micro-batch), so a separate no-grad policy forward runs only when the advantages need pi_prox
@@ -17,23 +23,20 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from buffer.schema import decode_group
-from trainer.advantages import gae, sequence_advantages
+from buffer.api import Group, decode_group
+from trainer.advantages import ADVANTAGES, uses_critic
 from trainer.batch import TrainBatch, build_train_batch, last_token_rewards
 from trainer.config import TrainerConfig
 from trainer.grad_norms import exact_grad_norms, prompt_means, proxy_grad_norms
-from trainer.losses import (PolicyLossParams, aggregate, kl_estimate, policy_loss, token_entropy, token_logprobs,
-                            value_loss)
+from trainer.losses import LossFn, aggregate, kl_estimate, token_entropy, token_logprobs, value_loss
 from trainer.precision import float32_lm_head
-
-
-# per-step statistics of the policy update (token-weighted within a step, averaged over a batch's steps)
-STEP_TOTALS = ("loss", "clip_fraction", "behaviour_weight_mean", "masked_fraction", "approx_kl", "logprob_gap",
-               "entropy", "kl_ref")
+from trainer.value_model import ValueModel
+from trainer.step_plan import MiniBatch, StepPlan, plan_step
+from trainer.step_result import UPDATE_STATS, StepResult
 
 
 class NonFiniteLoss(RuntimeError):
@@ -52,21 +55,27 @@ def _gap_sum(prox: torch.Tensor, batch: TrainBatch) -> float:
     return float(((prox - batch.behaviour_logp).abs() * batch.response_mask).sum())
 
 
-class ValueModel(torch.nn.Module):
-    """A causal LM's backbone with a scalar head: V(prefix) at every position. Head starts at zero."""
+@dataclass
+class _Step:
+    """One popped batch on this rank, from load_batch to update: the whole batch's groups and plan (all ranks
+    know them), this rank's rows, and what each phase has computed so far."""
+    groups: list[Group]
+    plan: StepPlan
+    batch: TrainBatch  # this rank's groups only
+    rows_of: dict[int, torch.Tensor]  # group index in the popped batch -> its rows in `batch`
+    global_rows: torch.Tensor  # [B_rank] each row's index among all the batch's samples
+    slices: list[slice]
+    before: dict = field(default_factory=dict)
+    norms: torch.Tensor | None = None  # per-sample gradient norms (exact: before the update)
+    grad_norm_s: float = 0.0
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    seconds: float = 0.0
 
-    def __init__(self, path: str, dtype: torch.dtype):
-        super().__init__()
-        from transformers import AutoModel
-
-        self.backbone = AutoModel.from_pretrained(path, dtype=dtype)
-        self.head = torch.nn.Linear(self.backbone.config.hidden_size, 1, dtype=dtype)
-        torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.zeros_(self.head.bias)
-
-    def forward(self, input_ids, attention_mask):
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(hidden).squeeze(-1).float()  # [B, T+1]
+    @property
+    def response_tokens(self) -> int:
+        """Of the whole batch, all ranks together."""
+        return sum(g.num_response_tokens for g in self.groups)
 
 
 class TrainerRank:
@@ -98,9 +107,11 @@ class TrainerRank:
             ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype).eval().requires_grad_(False)
             float32_lm_head(ref)
             self.ref = self._deepspeed(ref, None) if cfg.zero_stage == 3 else ref.to(self.engine.device)
+        self.advantage = ADVANTAGES.resolve(cfg.advantage.name)
         self.critic = self._deepspeed(ValueModel(model_path, self.dtype), cfg.critic.lr) \
-            if cfg.advantage.name == "gae" else None
+            if uses_critic(self.advantage) else None
         self.transport = None
+        self._step: _Step | None = None  # the batch between load_batch and update
 
     def _deepspeed(self, model: torch.nn.Module, lr: float | None):
         import deepspeed
@@ -146,25 +157,92 @@ class TrainerRank:
         kl_in_reward = self.ref is not None and self.cfg.loss.kl_in == "reward"
         return kl_in_reward or self.cfg.prox_forward == "separate" or self._updates_per_batch > 1
 
-    def _mini_batches(self, batch: TrainBatch) -> list[torch.Tensor]:
-        """Row indices of each optimizer step: ppo_epochs passes over mini_batches_per_step mini-batches of whole
-        groups (a group's advantages were centred on the group). The first epoch keeps the batch order; later
-        ones reshuffle the groups, seeded, so every rank and every rerun cuts the same way."""
-        num_groups = int(batch.group_ids.max()) + 1 if len(batch.group_ids) else 0
-        rows_of = [torch.nonzero(batch.group_ids == g).squeeze(-1).cpu() for g in range(num_groups)]
-        gen = torch.Generator().manual_seed(hash((self.seed, self.rank, self.batches_trained)) % 2**63)
-        out = []
-        for epoch in range(self.cfg.ppo_epochs):
-            order = torch.arange(num_groups) if epoch == 0 else torch.randperm(num_groups, generator=gen)
-            for chunk in torch.tensor_split(order, self.cfg.mini_batches_per_step):
-                rows = [rows_of[g] for g in chunk.tolist()]
-                out.append(torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long))
-        return out
+    # -- the phases of a step, in the order the driver calls them (every rank, each phase together) ----------
+    def load_batch(self, encoded_groups: list[bytes]) -> None:
+        """The whole popped batch: every rank plans the same cut (trainer/step_plan.py) and keeps its own groups."""
+        t0 = time.perf_counter()
+        groups = [decode_group(g) for g in encoded_groups]
+        plan = plan_step([g.num_response_tokens for g in groups], [len(g.samples) for g in groups],
+                         world_size=self.world_size, ppo_epochs=self.cfg.ppo_epochs,
+                         mini_batches_per_step=self.cfg.mini_batches_per_step, seed=self.seed,
+                         batch_index=self.batches_trained)
+        mine = plan.groups_of(self.rank)
+        batch = build_train_batch([groups[g] for g in mine]).to(self.engine.device)
+        first_row = [0]
+        for g in groups:
+            first_row.append(first_row[-1] + len(g.samples))
+        global_rows = torch.tensor([first_row[g] + j for g in mine for j in range(len(groups[g].samples))],
+                                   dtype=torch.long, device=batch.rewards.device)
+        rows_of = {g: torch.nonzero(batch.group_ids == i).squeeze(-1) for i, g in enumerate(mine)}
+        self._step = _Step(groups, plan, batch, rows_of, global_rows, self._slices(len(batch.rewards)))
+        self._step.seconds += time.perf_counter() - t0
+
+    def compute_logprobs(self) -> None:
+        """Proximal and reference log-probs and old values with the weights before the update (what the gradient
+        pass cannot give), and exact per-sample gradient norms when asked."""
+        t0, st = time.perf_counter(), self._step
+        st.before = self._before_step(st.batch, st.slices)
+        if self.cfg.grad_norm_estimate == "exact" and len(st.batch.rewards):
+            st.norms, st.grad_norm_s = self._exact_grad_norms(st.batch, st.slices)
+        st.seconds += time.perf_counter() - t0
+
+    def compute_advantages(self) -> None:
+        """Token advantages [B, T] of this rank's rows (and GAE returns); sequence-level estimators see the whole
+        batch's rewards, so a batch-wide std is the step's, not this rank's."""
+        t0, st = time.perf_counter(), self._step
+        st.advantages, st.returns = self._advantages(st)
+        st.seconds += time.perf_counter() - t0
+
+    def update(self, loss_fn: LossFn) -> StepResult:
+        """ppo_epochs x mini_batches_per_step optimizer steps of `loss_fn` (one by default); the step's result."""
+        t0, st = time.perf_counter(), self._step
+        totals, proxy, grad_norms = dict.fromkeys(UPDATE_STATS, 0.0), (None, 0.0), []
+        for i, mini in enumerate(st.plan.mini_batches):
+            rows = self._rows(st, mini)
+            step_totals, step_proxy, grad_norm = self._policy_update(st, rows, mini, loss_fn)
+            if i == 0:  # the first step's pass is at the weights before the update
+                proxy = step_proxy
+            grad_norms.append(grad_norm)
+            for k, v in step_totals.items():
+                totals[k] += v / self._updates_per_batch  # the mean over this batch's optimizer steps
+        if st.before["prox"] is not None:  # else the (single) gradient pass measured it: see _policy_update
+            totals["logprob_gap"] = _gap_sum(st.before["prox"], st.batch) / max(st.response_tokens, 1)
+        if self.cfg.grad_norm_estimate == "proxy" and len(st.batch.rewards):
+            st.norms, st.grad_norm_s = proxy
+        value = self._critic_update(st) if self.critic is not None else None
+        st.seconds += time.perf_counter() - t0
+        self._step, self.batches_trained = None, self.batches_trained + 1
+        return self._result(st, totals, value, grad_norms)
+
+    def train_batch(self, encoded_groups: list[bytes], loss_fn: LossFn) -> StepResult:
+        """All phases of one step in one call (scripts and tests; the driver calls them one by one, timed)."""
+        self.load_batch(encoded_groups)
+        self.compute_logprobs()
+        self.compute_advantages()
+        return self.update(loss_fn)
+
+    # -- inside the phases ----------------------------------------------------------------------------------
+    def _rows(self, st: _Step, mini: MiniBatch) -> torch.Tensor:
+        """This rank's rows of a mini-batch, in its group order."""
+        rows = [st.rows_of[g] for g in mini.groups if st.plan.owner[g] == self.rank]
+        return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=st.batch.rewards.device)
+
+    def _result(self, st: _Step, totals: dict, value: float | None, grad_norms: list) -> StepResult:
+        rewards = [s.reward for g in st.groups for s in g.samples]
+        lengths = [len(s.response_ids) for g in st.groups for s in g.samples]
+        norms = [n for n in grad_norms if n is not None]
+        return StepResult(
+            **totals, value_loss=value, tokens=st.batch.num_tokens, grad_norms=self._prompt_grad_norms(st),
+            grad_norm=sum(norms) / len(norms) if norms else None, optimizer_steps=self._updates_per_batch,
+            sequences=len(rewards), reward_mean=sum(rewards) / max(len(rewards), 1),
+            response_len_mean=sum(lengths) / max(len(lengths), 1),
+            group_rewards=[g.rewards.tolist() for g in st.groups], prompt_ids=[g.prompt_id for g in st.groups],
+            seconds=st.seconds, grad_norm_s=st.grad_norm_s)
 
     @torch.no_grad()
     def _before_step(self, batch: TrainBatch, slices: list[slice]) -> dict[str, torch.Tensor]:
-        """What must come from the weights before the step and is not a by-product of the gradient pass, for the
-        whole batch: [B, T] each ("prox" and its proxy "grad_norms" only with a separate forward)."""
+        """What must come from the weights before the step and is not a by-product of the gradient pass, for this
+        rank's rows: [B, T] each ("prox" and its proxy "grad_norms" only with a separate forward)."""
         out = {"prox": [], "ref": [], "values": [], "grad_norms": []}
         for sl in slices:
             mb = batch.select(sl)
@@ -181,19 +259,27 @@ class TrainerRank:
                 out["values"].append(self.critic(mb.input_ids, mb.attention_mask)[:, :-1])
         return {k: torch.cat(v) if v else None for k, v in out.items()}
 
-    def _advantages(self, batch: TrainBatch, before: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token advantages [B, T] (and GAE returns), with the KL penalty folded into rewards if asked."""
-        loss_cfg, adv_cfg, mask = self.cfg.loss, self.cfg.advantage, batch.response_mask
+    def _advantages(self, st: _Step) -> tuple[torch.Tensor, torch.Tensor | None]:
+        loss_cfg, adv_cfg, batch, before = self.cfg.loss, self.cfg.advantage, st.batch, st.before
+        mask = batch.response_mask
         kl = kl_estimate(before["prox"], before["ref"], loss_cfg.kl_estimator) * mask \
             if before["ref"] is not None and loss_cfg.kl_in == "reward" else None
-        if adv_cfg.name == "gae":
+        if uses_critic(self.advantage):
             token_rewards = last_token_rewards(batch, batch.rewards)
             if kl is not None:
                 token_rewards = token_rewards - loss_cfg.kl_coef * kl
-            return gae(token_rewards, before["values"], mask, gamma=adv_cfg.gamma, lam=adv_cfg.lam)
-        rewards = batch.rewards if kl is None else batch.rewards - loss_cfg.kl_coef * kl.sum(-1)
-        seq_adv = sequence_advantages(rewards, batch.group_ids, name=adv_cfg.name,
-                                      scale_by_std=adv_cfg.scale_by_std, batch_center=adv_cfg.batch_center)
+            return self.advantage(token_rewards, before["values"], mask, adv_cfg)
+        device = batch.rewards.device
+        rewards = torch.tensor([s.reward for g in st.groups for s in g.samples], dtype=torch.float32, device=device)
+        group_ids = torch.tensor([i for i, g in enumerate(st.groups) for _ in g.samples], dtype=torch.long,
+                                 device=device)
+        if kl is not None:  # every rank needs every row's KL: a sum over ranks of each rank's rows
+            kl_all = torch.zeros_like(rewards)
+            kl_all[st.global_rows] = kl.sum(-1)
+            if self.world_size > 1:
+                torch.distributed.all_reduce(kl_all)
+            rewards = rewards - loss_cfg.kl_coef * kl_all
+        seq_adv = self.advantage(rewards, group_ids, adv_cfg)[st.global_rows]
         return seq_adv[:, None] * mask, None  # [B, T]
 
     def _exact_grad_norms(self, batch: TrainBatch, slices: list[slice]) -> tuple[torch.Tensor, float]:
@@ -205,63 +291,30 @@ class TrainerRank:
                            for mb in (batch.select(sl) for sl in slices) if len(mb.rewards)])
         return norms, time.perf_counter() - t0
 
-    def _prompt_grad_norms(self, batch: TrainBatch, norms: torch.Tensor, groups: list) -> dict[str, float]:
-        """Per-prompt G_i: the mean over each group's accepted samples."""
-        means = prompt_means(norms.detach(), batch.group_ids, batch.rewards >= self.cfg.accept_threshold)
-        return {groups[g].prompt_id: v for g, v in means.items()}
+    def _prompt_grad_norms(self, st: _Step) -> dict[str, float]:
+        """Per-prompt G_i of this rank's groups: the mean over each group's accepted samples."""
+        if st.norms is None:
+            return {}
+        mine = st.plan.groups_of(self.rank)
+        means = prompt_means(st.norms.detach(), st.batch.group_ids, st.batch.rewards >= self.cfg.accept_threshold)
+        return {st.groups[mine[i]].prompt_id: v for i, v in means.items()}
 
-    def train_step(self, encoded_groups: list[bytes]) -> dict:
-        """Train on one popped batch: ppo_epochs x mini_batches_per_step optimizer steps (one by default)."""
-        t0 = time.perf_counter()
-        groups = [decode_group(g) for g in encoded_groups]
-        batch = build_train_batch(groups).to(self.engine.device)
-        slices = self._slices(len(batch.rewards))
-        before = self._before_step(batch, slices)
-        estimate, norms, grad_norm_s = self.cfg.grad_norm_estimate, None, 0.0
-        if estimate == "exact" and len(batch.rewards):
-            norms, grad_norm_s = self._exact_grad_norms(batch, slices)
-        advantages, returns = self._advantages(batch, before) if len(batch.rewards) else (None, None)
-        totals = dict.fromkeys(STEP_TOTALS, 0.0)
-        proxy = (None, 0.0)
-        for i, rows in enumerate(self._mini_batches(batch)):
-            rows = rows.to(batch.rewards.device)
-            step_totals, step_proxy = self._policy_update(batch.select(rows), before, advantages, rows)
-            if i == 0:  # the first step's pass is at the weights before the update
-                proxy = step_proxy
-            for k, v in step_totals.items():
-                totals[k] += v / self._updates_per_batch  # the mean over this batch's optimizer steps
-        self.batches_trained += 1
-        if before["prox"] is not None:  # else the (single) gradient pass measured it: see _policy_update
-            totals["logprob_gap"] = _gap_sum(before["prox"], batch) / max(int(batch.response_mask.sum()), 1)
-        if estimate == "proxy" and len(batch.rewards):
-            norms, grad_norm_s = proxy
-        grad_norms = self._prompt_grad_norms(batch, norms, groups) if norms is not None else {}
-        if self.critic is not None:
-            totals["value_loss"] = self._critic_update(batch, slices, before, returns)
-        rewards = batch.rewards.tolist()
-        lengths = batch.response_mask.sum(-1).tolist()
-        return {**totals, "tokens": batch.num_tokens, "seconds": time.perf_counter() - t0,
-                "optimizer_steps": self._updates_per_batch, "grad_norms": grad_norms, "grad_norm_s": grad_norm_s,
-                "group_rewards": [g.rewards.tolist() for g in groups],  # per group: its size and pass rate
-                "prompt_ids": [g.prompt_id for g in groups],
-                "sequences": len(rewards), "reward_mean": sum(rewards) / max(len(rewards), 1),
-                "response_len_mean": sum(lengths) / max(len(lengths), 1)}
-
-    def _policy_update(self, batch: TrainBatch, before: dict, advantages,
-                       rows: torch.Tensor) -> tuple[dict, tuple[torch.Tensor | None, float]]:
-        """One optimizer step over `batch` (the popped batch's `rows`), in cfg.micro_batches micro-batches. Returns
-        the step's totals, and the proxy gradient norms with their seconds (taken from this pass's logits unless
-        the separate forward already made them; in row order only when `rows` is the whole batch in order)."""
-        cfg = self.cfg.loss
+    def _policy_update(self, st: _Step, rows: torch.Tensor, mini: MiniBatch,
+                       loss_fn: LossFn) -> tuple[dict, tuple[torch.Tensor | None, float], float | None]:
+        """One optimizer step over this rank's `rows` of `mini`, in cfg.micro_batches micro-batches. Returns the
+        step's totals (this rank's share of the mini-batch's), the proxy gradient norms with their seconds (taken
+        from this pass's logits unless the separate forward made them; in row order only when `rows` is the whole
+        batch in order), and the global gradient norm before clipping."""
+        cfg, before = self.cfg.loss, st.before
+        batch = st.batch.select(rows)
         proxy_norms, proxy_s = [], 0.0
-        params = PolicyLossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
-                                  max_behaviour_weight=cfg.max_behaviour_weight, tis_cap=cfg.tis_cap)
-        step_tokens = max(int(batch.response_mask.sum()), 1)
-        norm = dict(step_tokens=step_tokens, step_sequences=len(batch.rewards), constant=cfg.aggregation_constant)
+        # the whole mini-batch's counts (all ranks): one rank's loss is its share of the step's
+        step_tokens = max(mini.tokens, 1)
+        norm = dict(step_tokens=step_tokens, step_sequences=mini.sequences, constant=cfg.aggregation_constant)
         prox_all = before["prox"][rows] if before["prox"] is not None else None
         ref_all = before["ref"][rows] if before["ref"] is not None else None
-        adv_all = advantages[rows] if advantages is not None else None
-        totals = dict.fromkeys(STEP_TOTALS, 0.0)
+        adv_all = st.advantages[rows] if len(rows) else None
+        totals = dict.fromkeys(UPDATE_STATS, 0.0)
         for sl in self._slices(len(batch.rewards)):
             mb = batch.select(sl)
             if not len(mb.rewards):  # this rank has fewer rows than micro-batches: a zero step keeps ranks in step
@@ -275,7 +328,7 @@ class TrainerRank:
                     t0 = time.perf_counter()
                     proxy_norms.append(proxy_grad_norms(logits.detach(), mb.targets, mask))
                     proxy_s += time.perf_counter() - t0
-                per_token, stats = policy_loss(cfg.name, logp, prox, mb.behaviour_logp, adv_all[sl], mask, params)
+                per_token, stats = loss_fn(logp, prox, mb.behaviour_logp, adv_all[sl], mask)
                 loss = aggregate(per_token, mask, cfg.aggregation, **norm)
                 share = int(mask.sum()) / step_tokens
                 # entropy is logged every step (cheap next to the forward); it joins the loss only if asked
@@ -296,24 +349,27 @@ class TrainerRank:
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"rank {self.rank}: loss is {loss.item()} before the step; the step was not "
                                     f"taken and the batch stays in the buffer. Lower trainer.lr or check rewards")
-            self.engine.backward(loss, scale_wrt_gas=False)
+            # DeepSpeed averages gradients over ranks; the loss is already this rank's share of the step's sum
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
         if before["grad_norms"] is not None:
-            return totals, (before["grad_norms"], 0.0)  # made by the separate forward (not timed apart)
-        return totals, (torch.cat(proxy_norms) if proxy_norms else None, proxy_s)
+            return totals, (before["grad_norms"], 0.0), grad_norm  # made by the separate forward (not timed apart)
+        return totals, (torch.cat(proxy_norms) if proxy_norms else None, proxy_s), grad_norm
 
-    def _critic_update(self, batch: TrainBatch, slices: list[slice], before: dict, returns) -> float:
-        total, step_tokens = 0.0, max(int(batch.response_mask.sum()), 1)
-        for sl in slices:
-            mb = batch.select(sl)
+    def _critic_update(self, st: _Step) -> float:
+        total, step_tokens = 0.0, max(st.response_tokens, 1)
+        for sl in st.slices:
+            mb = st.batch.select(sl)
             if not len(mb.rewards):
                 loss = _zero_loss(self.critic)
             else:
                 values = self.critic(mb.input_ids, mb.attention_mask)[:, :-1]  # [b, T]
-                per_token = value_loss(values, before["values"][sl], returns[sl], self.cfg.critic.value_clip)
+                per_token = value_loss(values, st.before["values"][sl], st.returns[sl], self.cfg.critic.value_clip)
                 loss = aggregate(per_token, mb.response_mask, "token_mean", step_tokens=step_tokens, step_sequences=1)
                 total += loss.item()
-            self.critic.backward(loss, scale_wrt_gas=False)
+            self.critic.backward(loss * self.world_size, scale_wrt_gas=False)
             self.critic.step()
         return total
 
@@ -337,6 +393,3 @@ class TrainerRank:
                 pass
             nbytes = 0
         return {"seconds": time.perf_counter() - t0, "bytes": nbytes}
-
-    def save(self, path: str) -> None:
-        self.engine.save_checkpoint(path)

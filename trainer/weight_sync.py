@@ -12,6 +12,11 @@ from typing import Iterable
 
 import torch
 
+from plugins import Registry
+
+# name -> transport class `(receivers: list[rollout.api.WeightReceiver handles]) -> WeightTransport`
+TRANSPORTS: Registry = Registry("weight transport", "trainer.weight_transport")
+
 
 class WeightTransport(abc.ABC):
     @abc.abstractmethod
@@ -19,6 +24,7 @@ class WeightTransport(abc.ABC):
         """Deliver the weights of `version` to every receiver; returns the bytes sent to one receiver."""
 
 
+@TRANSPORTS.register("store")
 class StoreTransport(WeightTransport):
     """Through the Ray object store (shared memory on one node): for CPU runs, tests and small models.
 
@@ -37,12 +43,5 @@ class StoreTransport(WeightTransport):
         return sum(a.nbytes for a in arrays.values())
 
 
-TRANSPORTS = {"store": StoreTransport}
-
-
 def make_transport(name: str, receivers: list) -> WeightTransport:
-    if name not in TRANSPORTS:
-        raise ValueError(f"unknown trainer.weight_transport {name!r}; available: {', '.join(sorted(TRANSPORTS))}")
-    return TRANSPORTS[name](receivers)
-
-
+    return TRANSPORTS.resolve(name)(receivers)

@@ -25,7 +25,7 @@ def main() -> None:
 
     from buffer.schema import Group, Sample
     from rewards.builtin import exact_answer
-    from rollout.prompts import AdditionTask
+    from rollout.tasks.addition import AdditionTask
     from trainer.batch import build_train_batch
     from trainer.grad_norms import exact_grad_norms, prompt_means, proxy_grad_norms, spearman
 

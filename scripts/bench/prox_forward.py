@@ -25,7 +25,7 @@ from two_sided import report_side, run_side, write_result  # noqa: E402  (script
 
 def batches(args, vocab: int) -> list[list[bytes]]:
     """Random-token groups shaped like the demo's (prompt 6-8 tokens, responses 1-6), fixed by the seed."""
-    from buffer.schema import Group, Sample, encode_group
+    from buffer.api import Group, Sample, encode_group
 
     rng = np.random.default_rng(args.seed)
     out = []
@@ -46,8 +46,7 @@ def batches(args, vocab: int) -> list[list[bytes]]:
 def one_mode(args) -> dict:
     import torch
 
-    from trainer.config import TrainerConfig
-    from trainer.rank import TrainerRank
+    from trainer.api import TrainerConfig, TrainerRank, make_policy_loss
 
     torch.set_num_threads(args.threads)
     with socket.socket() as s:
@@ -60,12 +59,12 @@ def one_mode(args) -> dict:
     seconds, tokens = [], 0
     for i, step in enumerate(batches(args, rank.engine.module.config.vocab_size)):
         t0 = time.perf_counter()
-        result = rank.train_step(step)
+        result = rank.train_batch(step, make_policy_loss(cfg.loss))
         if args.gpu:
             torch.cuda.synchronize()
         if i >= args.warmup:
             seconds.append(time.perf_counter() - t0)
-            tokens += result["tokens"]
+            tokens += result.tokens
     return {"step_s_median": round(statistics.median(seconds), 4), "step_s_mean": round(statistics.mean(seconds), 4),
             "tokens_per_s": round(tokens / sum(seconds), 1), "steps": len(seconds)}
 

@@ -40,7 +40,7 @@ def bare_engine(args) -> dict:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     from rollout.engine import VllmEngine
-    from rollout.prompts import AdditionTask
+    from rollout.tasks.addition import AdditionTask
 
     cfg = rollout_config(args)
     engine = VllmEngine(os.path.abspath(args.model), max_model_len=cfg.max_model_len, seed=args.seed,
@@ -67,27 +67,24 @@ def rollout_worker(args) -> dict:
     """Tokens/s of the real RolloutWorker actor into a real Redis, drained by a free consumer."""
     import ray
 
-    from buffer.config import BufferConfig
-    from buffer.redis_buffer import RedisBuffer
-    from buffer.server import EmbeddedRedis
-    from rewards.config import RewardConfig
-    from rollout.config import TaskConfig
-    from rollout.worker import RolloutWorker
+    from buffer.api import BufferConfig, EmbeddedRedis, connect
+    from rewards import RewardConfig
+    from rollout.api import RolloutActor, TaskConfig
 
     cfg = rollout_config(args)
     groups_per_step = cfg.groups_per_call
     # Staleness never binds: this measures generation, not the admission guard's waiting.
-    buf_cfg = BufferConfig(eta=10**6, max_in_flight=4 * cfg.groups_per_call, max_buffered=16 * cfg.groups_per_call)
+    buf_cfg = BufferConfig(eta=10**6, groups_per_step=groups_per_step, max_in_flight=4 * cfg.groups_per_call,
+                           max_buffered=16 * cfg.groups_per_call)
     with EmbeddedRedis() as server:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=max(os.cpu_count() or 1, 2))
         try:
-            buffer = RedisBuffer(server.url, prefix="bench", eta=buf_cfg.eta, groups_per_step=groups_per_step,
-                                 max_in_flight=buf_cfg.max_in_flight, max_buffered=buf_cfg.max_buffered)
+            buffer = connect(server.url, "bench", buf_cfg)
             buffer.initialize(version=0)
-            actor = ray.remote(RolloutWorker).options(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker,
+            actor = ray.remote(RolloutActor).options(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker,
                                                       max_concurrency=4)
             worker = actor.remote(0, os.path.abspath(args.model), cfg, TaskConfig(max_operands=args.max_operands),
-                                  buf_cfg, RewardConfig(), server.url, "bench", groups_per_step, args.seed)
+                                  buf_cfg, RewardConfig(), server.url, "bench", args.seed)
             ray.get(worker.__ray_ready__.remote())  # engine started
             stop = threading.Event()
 

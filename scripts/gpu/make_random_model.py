@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from launcher.tiny_model import TinyModelSpec, build_model, build_tokenizer  # noqa: E402
+from rollout.tasks.addition_model import TinyModelSpec, build_model, build_tokenizer  # noqa: E402
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

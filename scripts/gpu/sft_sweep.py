@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import torch  # noqa: E402
 
-from launcher.tiny_model import TinyModelSpec, _sft_batch, build_model, build_tokenizer  # noqa: E402
-from rollout.prompts import AdditionTask  # noqa: E402
+from rollout.tasks.addition_model import TinyModelSpec, _sft_batch, build_model, build_tokenizer  # noqa: E402
+from rollout.tasks.addition import AdditionTask  # noqa: E402
 
 
 @torch.no_grad()

@@ -49,7 +49,7 @@ def learning_seed_model(tiny_model_path) -> tuple[int, str]:
     seed = int(os.environ.get("SLIPSTREAM_TEST_SEED", "0"))
     if seed == 0:
         return seed, tiny_model_path
-    from launcher.tiny_model import TinyModelSpec, build_tiny_model
+    from rollout.tasks.addition_model import TinyModelSpec, build_tiny_model
 
     path = os.path.join(ROOT, ".cache", f"tiny-model-seed{seed}")
     if not os.path.exists(os.path.join(path, "slipstream_build.json")):
@@ -121,7 +121,7 @@ def _services() -> set[int]:
     for p in psutil.process_iter(["name", "cmdline"]):
         name = p.info["name"] or ""
         cmd = " ".join(p.info["cmdline"] or [])
-        if name in SERVICE_NAMES or "ray::" in cmd or "RolloutWorker" in cmd or "TrainerRank" in cmd:
+        if name in SERVICE_NAMES or "ray::" in cmd or "RolloutActor" in cmd or "TrainerRank" in cmd:
             out.add(p.pid)
     return out
 

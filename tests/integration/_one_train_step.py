@@ -1,8 +1,11 @@
 """One TrainerRank step in a fresh process (DeepSpeed's process group is per process), for the trainer
 integration tests. Usage:
     python _one_train_step.py MODEL_DIR OUT_FILE [--cfg JSON] [--temperature T] [--groups GROUPS_FILE]
---cfg holds TrainerConfig fields; --groups a torch.save'd list of encoded groups (default: random tokens)."""
+                              [--world-size N --rank R --port P]
+--cfg holds TrainerConfig fields (nested sections as objects); --groups a torch.save'd list of encoded groups
+(default: random tokens). With --world-size N, start N processes with the same --port, one per --rank."""
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -14,9 +17,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from buffer.schema import Group, Sample, encode_group  # noqa: E402
-from trainer.config import TrainerConfig  # noqa: E402
-from trainer.rank import TrainerRank  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from buffer.api import Group, Sample, encode_group  # noqa: E402
+from trainer.api import TrainerConfig, TrainerRank, make_policy_loss  # noqa: E402
 
 
 def groups(vocab: int) -> list[bytes]:
@@ -41,14 +45,21 @@ if __name__ == "__main__":
     ap.add_argument("--cfg", default="{}")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--groups", default=None)
+    ap.add_argument("--world-size", type=int, default=1)
+    ap.add_argument("--rank", type=int, default=0)
+    ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = TrainerConfig(**{"lr": 1e-3, "micro_batches": 2, "zero_stage": 2, **json.loads(args.cfg)})
-    rank = TrainerRank(0, 1, "127.0.0.1", port, args.model, cfg, seed=0, temperature=args.temperature)
+    port = args.port
+    if not port:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    overrides = {"lr": 1e-3, "micro_batches": 2, "zero_stage": 2, **json.loads(args.cfg)}
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), overrides))
+    rank = TrainerRank(args.rank, args.world_size, "127.0.0.1", port, args.model, cfg, seed=0,
+                       temperature=args.temperature)
     batch = torch.load(args.groups) if args.groups else groups(rank.engine.module.config.vocab_size)
     before = {k: v.detach().clone() for k, v in rank.engine.module.state_dict().items()}
-    result = rank.train_step(batch)
+    result = rank.train_batch(batch, make_policy_loss(cfg.loss))
     torch.save({"before": before, "weights": {k: v.detach().clone() for k, v in rank.engine.module.state_dict().items()},
-                "result": result}, args.out_file)
+                "result": dataclasses.asdict(result)}, args.out_file)

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.integration
 
 def test_unseen_prompts_read_as_zero(redis_server, key_prefix):
     stats = PromptStats(redis.Redis.from_url(redis_server.url), key_prefix)
-    assert stats.get(["never-seen", "other"]) == [(0, 0), (0, 0)]
-    assert stats.get([]) == []
+    assert [(s.seen, s.passes) for s in stats.get_stats(["never-seen", "other"])] == [(0, 0), (0, 0)]
+    assert stats.get_stats([]) == []
 
 
 def test_concurrent_workers_add_up_exactly(redis_server, key_prefix):
@@ -30,7 +30,8 @@ def test_concurrent_workers_add_up_exactly(redis_server, key_prefix):
         t.join()
     stats = PromptStats(redis.Redis.from_url(redis_server.url), key_prefix)
     # 4 workers x 25 records x (8 attempts, 3 passes) on the shared prompt; 25 x (4, 4) on each own prompt
-    assert stats.get(["1+2", "only-0", "only-3"]) == [(800, 300), (100, 100), (100, 100)]
+    assert [(s.seen, s.passes) for s in stats.get_stats(["1+2", "only-0", "only-3"])] == [(800, 300), (100, 100),
+                                                                                           (100, 100)]
 
 
 def test_recency_weighting_follows_the_newest_results(redis_server, key_prefix):

@@ -8,15 +8,9 @@ import torch
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_path):
-    import os
-
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    from rollout.engine import VllmEngine
-
-    return VllmEngine(tiny_model_path, max_model_len=64, seed=0, dtype="float32")
+@pytest.fixture
+def engine(vllm_engine):
+    return vllm_engine
 
 
 def greedy(engine, prompts):
@@ -54,9 +48,9 @@ def test_load_weights_changes_outputs_and_restores_them_exactly(engine, tiny_mod
     original = load_file(f"{tiny_model_path}/model.safetensors")
     before = greedy(engine, prompts)
     torch.manual_seed(0)
-    engine.load_weights({k: v + 0.5 * torch.randn_like(v) for k, v in original.items()})
+    engine.load_weights(1, {k: v + 0.5 * torch.randn_like(v) for k, v in original.items()})
     perturbed = greedy(engine, prompts)
-    engine.load_weights(original)
+    engine.load_weights(2, original)
     assert perturbed != before
     assert greedy(engine, prompts) == before
 
@@ -71,7 +65,7 @@ def test_reloading_a_tied_embedding_also_updates_the_lm_head(engine, tiny_model_
     torch.manual_seed(1)
     model.get_input_embeddings().weight.data += 0.05 * torch.randn_like(model.get_input_embeddings().weight)
     try:
-        engine.load_weights({"model.embed_tokens.weight": model.get_input_embeddings().weight.data.clone()})
+        engine.load_weights(1, {"model.embed_tokens.weight": model.get_input_embeddings().weight.data.clone()})
         prompt = engine.encode("23+45=")
         c = engine.generate([prompt], n=1, max_new_tokens=6, temperature=1.0)[0][0]
         ids = torch.tensor([prompt + c.token_ids.tolist()])
@@ -80,4 +74,4 @@ def test_reloading_a_tied_embedding_also_updates_the_lm_head(engine, tiny_model_
         expected = logp[len(prompt) - 1:].gather(-1, ids[0, len(prompt):, None]).squeeze(-1).numpy()
         np.testing.assert_allclose(c.logprobs, expected, atol=2e-3)
     finally:
-        engine.load_weights(original)
+        engine.load_weights(2, original)

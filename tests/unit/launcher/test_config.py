@@ -42,7 +42,7 @@ def test_cpu_demo_preset_composes_into_the_typed_schema():
     assert cfg.rollout.group_size == 8
     assert cfg.rollout.max_new_tokens == 6
     assert cfg.buffer.eta == 2
-    assert cfg.trainer.groups_per_step == 32
+    assert cfg.buffer.groups_per_step == 32
     assert cfg.trainer.lr == pytest.approx(1e-4)
     assert isinstance(cfg.trainer.lr, float)  # "1e-4" in YAML, typed by the schema
     # a default the preset does not touch
@@ -178,7 +178,7 @@ def test_validate_rejects_top_p_below_one_naming_the_fix(model_dir):
                                         ("mini_batches_per_step", 17)])
 def test_validate_rejects_impossible_ppo_schedules(model_dir, key, value):
     cfg = _valid_config(model_dir)
-    cfg.trainer.groups_per_step = 16
+    cfg.buffer.groups_per_step = 16
     setattr(cfg.trainer, key, value)
     with pytest.raises(ConfigError, match=f"trainer.{key}={value}"):
         validate(cfg)

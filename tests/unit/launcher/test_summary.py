@@ -1,11 +1,11 @@
 """The run summary's before/after figures, from the first and last evaluations."""
 import pytest
 
-from launcher.main import _before_after
+from launcher.loop import before_after
 
 
 def test_greedy_and_sampled_gains_in_points():
-    out = _before_after({"held_out_success": 0.293, "held_out_sampled_success": 0.211},
+    out = before_after({"held_out_success": 0.293, "held_out_sampled_success": 0.211},
                         {"held_out_success": 0.644, "held_out_sampled_success": 0.465})
     assert out["held_out_success_before"] == 0.293 and out["held_out_success_after"] == 0.644
     assert out["improvement_points"] == pytest.approx(35.1)
@@ -13,5 +13,5 @@ def test_greedy_and_sampled_gains_in_points():
 
 
 def test_no_sampled_figures_when_sampled_evaluation_is_off():
-    out = _before_after({"held_out_success": 0.5}, {"held_out_success": 0.4})
+    out = before_after({"held_out_success": 0.5}, {"held_out_success": 0.4})
     assert out == {"held_out_success_before": 0.5, "held_out_success_after": 0.4, "improvement_points": -10.0}

@@ -110,11 +110,11 @@ def test_process_mode_needs_an_importable_function():
     def local_reward(prompt, completion, **fields):
         return 1.0
 
-    registry._REGISTRY["test_local_reward"] = local_reward
+    registry.REWARDS.register("test_local_reward")(local_reward)
     try:
         msg = _problems(RewardConfig(rewards=[RewardSpec("test_local_reward", run_in="process")]))
     finally:
-        del registry._REGISTRY["test_local_reward"]
+        del registry.REWARDS._entries["test_local_reward"]
     assert "cannot run in the process pool" in msg and "set run_in: thread" in msg
 
 

@@ -27,8 +27,8 @@ def plugin_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def isolated_registry(monkeypatch):
     """Registrations made by the test disappear afterwards."""
-    registry._load_builtins()
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.REWARDS.names()  # built-ins first
+    monkeypatch.setattr(registry.REWARDS, "_entries", dict(registry.REWARDS._entries))
 
 
 # ---------------------------------------------------------------- exact_answer

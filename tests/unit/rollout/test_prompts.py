@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from rollout.prompts import AdditionTask, Prompt
+from rollout.prompts import Prompt
+from rollout.tasks.addition import AdditionTask
 
 
 def _pair(p: Prompt) -> tuple[int, int]:

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from rollout.prompts import AdditionTask, Prompt
+from rollout.prompts import Prompt
+from rollout.tasks.addition import AdditionTask
 
 EOS = "<|endoftext|>"
 
@@ -39,7 +40,7 @@ class TinyModelSpec:
     intermediate_size: int = 384
     max_positions: int = 64
     num_digits: int = 2
-    max_operands: int = 2  # > 2: the long-tailed chain variant of the task (rollout.prompts.AdditionTask)
+    max_operands: int = 2  # > 2: the long-tailed chain variant of the task (rollout.tasks.addition.AdditionTask)
     operands_decay: float = 0.5
     # 1e-3: at 3e-3 (the old default) most seeds stalled on a plateau for 1,000-2,000+ steps, memorising the
     # frequent problems, and the step that crossed the target varied by seed and machine; at 1e-3 every one of
@@ -104,8 +105,9 @@ def _sft_batch(tokenizer, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Te
 @torch.no_grad()
 def greedy_success(model, tokenizer, prompts: list[Prompt], max_new_tokens: int) -> float:
     """Greedy exact-answer success with plain transformers (used only to stop the warm start)."""
-    from rewards.builtin import exact_answer
+    from rewards import resolve_reward
 
+    exact_answer = resolve_reward("exact_answer")
     tokenizer.padding_side = "left"
     enc = tokenizer([p.text for p in prompts], return_tensors="pt", padding=True)
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=0)

@@ -1,5 +1,5 @@
 """The tiny-model build is deterministic for a seed: a rebuild gives the same step count and the same weights."""
-from launcher.tiny_model import TinyModelSpec, build_tiny_model
+from rollout.tasks.addition_model import TinyModelSpec, build_tiny_model
 
 
 def _spec(seed: int) -> TinyModelSpec:
@@ -19,7 +19,7 @@ def test_rebuild_with_the_same_seed_gives_the_same_steps_and_weights(tmp_path):
 
 
 def test_the_warm_start_never_trains_on_the_held_out_or_validation_problems():
-    from rollout.prompts import AdditionTask
+    from rollout.tasks.addition import AdditionTask
 
     spec = TinyModelSpec()
     build_task = AdditionTask(seed=spec.seed + 1_000, operands=spec.operands,

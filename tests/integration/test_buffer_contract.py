@@ -1,22 +1,37 @@
-"""The Redis buffer against a real server: admission, staleness eviction, at-least-once pops, bounds."""
+"""The Buffer contract against both backends, the Redis buffer on a real server and the in-process MemoryBuffer:
+admission, staleness eviction, at-least-once pops, bounds, and the bound stored at initialize."""
 from __future__ import annotations
 
 import threading
 import time
+import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from buffer.redis_buffer import BufferUnavailable, RedisBuffer
-from buffer.schema import Group, Sample
+from buffer.api import BoundMismatch, BufferConfig, BufferUnavailable, Group, Sample, connect
+from buffer.redis_buffer import RedisBuffer
 from buffer.staleness import admission_capacity
 
 pytestmark = pytest.mark.integration
 
 
-def make_buffer(server, prefix, *, eta=1, B=2, max_in_flight=100, max_buffered=100, claim_idle_s=300.0):
-    buf = RedisBuffer(server.url, prefix=prefix, eta=eta, groups_per_step=B, max_in_flight=max_in_flight,
-                      max_buffered=max_buffered, claim_idle_s=claim_idle_s)
+@pytest.fixture(params=["redis", "memory"])
+def redis_server(request, redis_server):
+    """Both backends behind the same tests: `.url` is the real server's, or a fresh in-process buffer's."""
+    if request.param == "redis":
+        return redis_server
+    return SimpleNamespace(url=f"memory://{uuid.uuid4().hex}")
+
+
+def open_buffer(url, prefix, *, eta=1, B=2, max_in_flight=100, max_buffered=100, claim_idle_s=300.0):
+    return connect(url, prefix, BufferConfig(eta=eta, groups_per_step=B, max_in_flight=max_in_flight,
+                                             max_buffered=max_buffered, claim_idle_s=claim_idle_s))
+
+
+def make_buffer(server, prefix, **bound):
+    buf = open_buffer(server.url, prefix, **bound)
     buf.initialize(version=0)
     return buf
 
@@ -45,8 +60,7 @@ def test_admission_is_atomic_across_concurrent_workers(redis_server, key_prefix)
     granted = []
 
     def worker():
-        own = RedisBuffer(redis_server.url, prefix=key_prefix, eta=2, groups_per_step=4, max_in_flight=1000,
-                          max_buffered=100)
+        own = open_buffer(redis_server.url, key_prefix, eta=2, B=4, max_in_flight=1000)
         for _ in range(50):
             granted.append(own.admit(1)[0])
 
@@ -76,7 +90,7 @@ def test_pop_evicts_groups_staler_than_eta_and_gives_their_slots_back(redis_serv
     buf = make_buffer(redis_server, key_prefix, eta=1, B=2)
     buf.admit(4)
     buf.push([group(0, "old-a"), group(0, "old-b"), group(2, "new-a"), group(2, "new-b")])
-    buf.client.set(buf.key("version"), 2)  # trainer moved on: groups of version 0 are 2 > eta=1 stale
+    buf.bump_version(), buf.bump_version()  # trainer moved on: groups of version 0 are 2 > eta=1 stale
     batch = buf.pop(2, timeout_s=2)
     assert [g.prompt_id for g in batch.groups] == ["new-a", "new-b"]
     assert batch.dropped_stale == 2 and batch.staleness == [0, 0]
@@ -92,8 +106,7 @@ def test_popped_batch_is_claimed_until_commit_and_reclaimed_after_a_crash(redis_
     first = buf.pop(2, consumer="trainer-dead", timeout_s=2)
     assert {g.prompt_id for g in first.groups} == {"a", "b"}
     # the dead trainer never commits; a new trainer finds nothing new but reclaims after claim_idle_s
-    survivor = RedisBuffer(redis_server.url, prefix=key_prefix, eta=4, groups_per_step=2, max_in_flight=100,
-                           max_buffered=100, claim_idle_s=0.2)
+    survivor = open_buffer(redis_server.url, key_prefix, eta=4, B=2, claim_idle_s=0.2)
     time.sleep(0.3)
     again = survivor.pop(2, consumer="trainer-new", timeout_s=2)
     assert {g.prompt_id for g in again.groups} == {"a", "b"}
@@ -128,6 +141,8 @@ def test_released_slots_return_to_capacity(redis_server, key_prefix):
 
 
 def test_initialize_rebases_counters_on_resume(redis_server, key_prefix):
+    if redis_server.url.startswith("memory://"):
+        pytest.skip("reaches into Redis keys to fake a crashed worker")
     buf = make_buffer(redis_server, key_prefix, eta=1, B=2)
     buf.admit(2)
     buf.push([group(0), group(0)])
@@ -140,6 +155,20 @@ def test_initialize_rebases_counters_on_resume(redis_server, key_prefix):
     assert stats["accepted"] == 7 * 2 + 2  # consumed steps + still buffered
     # capacity = (1 + 7 + 1) * 2 - 16 = 2
     assert resumed.admit(10) == (2, 7)
+
+
+def test_every_process_checks_the_stored_bound(redis_server, key_prefix):
+    make_buffer(redis_server, key_prefix, eta=2, B=4)
+    open_buffer(redis_server.url, key_prefix, eta=2, B=4)  # the same bound: fine
+    with pytest.raises(BoundMismatch, match=r"eta"):
+        open_buffer(redis_server.url, key_prefix, eta=3, B=4)  # a worker started with another eta
+    with pytest.raises(BoundMismatch, match=r"groups_per_step"):
+        open_buffer(redis_server.url, key_prefix, eta=2, B=8).initialize(version=0)
+
+
+def test_admission_before_initialize_is_a_clear_error(redis_server, key_prefix):
+    with pytest.raises(BufferUnavailable, match="not initialized"):
+        open_buffer(redis_server.url, key_prefix).admit(1)
 
 
 def test_unreachable_redis_names_the_url_and_the_fix():

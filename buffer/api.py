@@ -1,0 +1,111 @@
+"""The buffer's contract: what rollout/, trainer/ and launcher/ may use of buffer/ (they import nothing else).
+
+- `Sample`, `Group` and their msgpack codec: the schema that rollout workers produce and trainers consume;
+- `Buffer`: the staleness-bounded group buffer and the policy-version counter (admit / push / pop / commit /
+  version / bump_version), `PoppedBatch`, and `PromptStatsStore`, the per-prompt statistics beside it;
+- `connect`: a Buffer for a URL: `redis://...` (RedisBuffer: any number of processes on any number of nodes) or
+  `memory://<name>` (MemoryBuffer: one process, e.g. unit tests of the worker loop; same semantics);
+- `EmbeddedRedis`: a Valkey server for a run that configured none.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from buffer.config import BufferConfig, problems
+from buffer.prompt_stats import PromptStat
+from buffer.schema import SCHEMA_VERSION, Group, Sample, decode_group, encode_group
+from buffer.server import EmbeddedRedis, free_port
+
+# Counters that generators add through push(counters=...) and that stats() reports.
+METRIC_COUNTERS = ("filtered_zero_variance", "skipped_easy_prompts", "too_long_prompts", "reward_errors")
+
+
+class BufferUnavailable(RuntimeError):
+    pass
+
+
+class BoundMismatch(ValueError):
+    """This process's staleness bound differs from the one the run stored when it was initialized."""
+
+
+@dataclass
+class PoppedBatch:
+    entry_ids: list  # backend handles of the groups, for commit
+    payloads: list[bytes]  # encoded groups (decode_group), passed on to trainers undecoded
+    version: int  # trainer's policy version when popped
+    staleness: list[int] = field(default_factory=list)
+    dropped_stale: int = 0  # groups evicted while filling this batch
+
+    @property
+    def groups(self) -> list[Group]:
+        return [decode_group(p) for p in self.payloads]
+
+
+class PromptStatsStore(Protocol):
+    def record(self, results: list[tuple[str, int, int]]) -> None:
+        """(prompt id, attempts, passes) per scored group; concurrent writers never lose an increment."""
+
+    def record_grad_norms(self, norms: dict[str, float], version: int) -> None:
+        """Per-prompt gradient-norm estimates of the policy at `version` (an EMA per prompt)."""
+
+    def get_stats(self, prompt_ids: list[str]) -> list[PromptStat]:
+        ...
+
+
+class Buffer(Protocol):
+    """Invariants (both backends): admission is atomic across all callers; at most (eta + v + 1) * B groups exist
+    ahead of the trainer; a popped group leaves only at commit (at-least-once); a group staler than eta is evicted
+    when popped and gives its admission slot back."""
+
+    eta: int
+    groups_per_step: int
+
+    def initialize(self, version: int = 0) -> None:
+        """Store the bound and rebase the counters on `version` (fresh start or resume). Called by the driver."""
+
+    def admit(self, want: int) -> tuple[int, int]:
+        """Reserve up to `want` group slots: (granted, current policy version)."""
+
+    def push(self, groups: list[Group], released: int = 0, gen_tokens: int = 0,
+             counters: dict[str, int] | None = None) -> None:
+        """Finished groups in; `released` reserved slots given back (filtered or failed)."""
+
+    def pop(self, n: int, consumer: str = "trainer-0", timeout_s: float = 60.0) -> PoppedBatch | None:
+        """n fresh groups, oldest first, or None after timeout_s (what was claimed stays held for the next call)."""
+
+    def commit(self, batch: PoppedBatch) -> None:
+        """The step that used `batch` is done: its groups leave for good."""
+
+    def version(self) -> int:
+        ...
+
+    def bump_version(self) -> int:
+        """After the new weights reached every generator; returns the new version."""
+
+    def stats(self) -> dict[str, int]:
+        ...
+
+    def prompt_stats(self, decay: float = 1.0, grad_mix: float = 0.5) -> PromptStatsStore:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def connect(url: str, prefix: str, cfg: BufferConfig) -> Buffer:
+    """The buffer of the run under `prefix` at `url`. Checks this process's bound against the stored one."""
+    kwargs = dict(prefix=prefix, eta=cfg.eta, groups_per_step=cfg.groups_per_step, max_in_flight=cfg.max_in_flight,
+                  max_buffered=cfg.max_buffered, claim_idle_s=cfg.claim_idle_s)
+    if url.startswith("memory://"):
+        from buffer.memory import MemoryBuffer
+
+        return MemoryBuffer.named(url, **kwargs)
+    from buffer.redis_buffer import RedisBuffer
+
+    return RedisBuffer(url, **kwargs)
+
+
+__all__ = ["METRIC_COUNTERS", "SCHEMA_VERSION", "BoundMismatch", "Buffer", "BufferConfig", "BufferUnavailable",
+           "EmbeddedRedis", "Group", "PoppedBatch", "PromptStat", "PromptStatsStore", "Sample", "connect",
+           "decode_group", "encode_group", "free_port", "problems"]

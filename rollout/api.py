@@ -1,0 +1,60 @@
+"""The rollout side's contract: what launcher/ and plugins may use of rollout/ (they import nothing else).
+
+Plugin points, each a registry resolving a registered name or a dotted path (plugins.Registry):
+- ENGINES (`rollout.engine`): factory `(model_path, rollout: RolloutConfig, *, seed, version) -> Engine`;
+- PROMPT_SOURCES (`task.name`): factory `(task: TaskConfig, *, seed, worker_id) -> PromptSource`;
+- ALLOCATION_RULES (`rollout.gvm.rule`): `(pass_rates, grad_norms, *, alpha, beta) -> weights` for GVM.
+`RolloutActor` is the Ray actor the driver starts; it is a `WeightReceiver` for the trainer's transport.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from rollout.actor import RolloutActor
+from rollout.allocation import ALLOCATION_RULES
+from rollout.config import GvmConfig, RolloutConfig, TaskConfig, problems
+from rollout.engine import ENGINES, Completion
+from rollout.prompts import PROMPT_SOURCES, Prompt
+
+
+class Engine(Protocol):
+    """One generation engine. Invariant: weights change only between generate calls, and every completion's
+    `token_versions` names the weights that sampled each token."""
+
+    max_model_len: int
+    version: int  # policy version of the weights loaded now
+
+    def encode(self, text: str) -> list[int]:
+        ...
+
+    def generate(self, prompt_ids: list[list[int]], *, n: int | list[int], max_new_tokens: int, temperature: float,
+                 top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        """n completions per prompt (one n, or one per prompt) with per-token sampling log-probs; T = 0 greedy."""
+
+    def load_weights(self, version: int, named_tensors: dict) -> None:
+        """Hugging Face names -> tensors; the call in flight finishes under the old weights first."""
+
+    def pause(self) -> None:
+        """Hold off other threads' generate / load_weights calls (after the one in flight) until resume()."""
+
+    def resume(self) -> None:
+        ...
+
+
+class PromptSource(Protocol):
+    def next(self, n: int) -> list[Prompt]:
+        """The next n training prompts (never a held-out one)."""
+
+    def held_out(self) -> list[Prompt]:
+        """The fixed evaluation prompts."""
+
+
+class WeightReceiver(Protocol):
+    """What a weight transport delivers to (as a Ray actor handle: `receive_weights.remote(...)`)."""
+
+    def receive_weights(self, version: int, named_arrays: dict) -> None:
+        """Stash the weights of `version` (Hugging Face names -> numpy arrays); applied between generate calls."""
+
+
+__all__ = ["ALLOCATION_RULES", "ENGINES", "PROMPT_SOURCES", "Completion", "Engine", "GvmConfig", "Prompt",
+           "PromptSource", "RolloutActor", "RolloutConfig", "TaskConfig", "WeightReceiver", "problems"]

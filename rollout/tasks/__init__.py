@@ -1,0 +1,1 @@
+"""Built-in prompt sources (tasks), each with what its demo needs."""

@@ -1,0 +1,119 @@
+"""The rollout worker loop over its contracts: the in-process MemoryBuffer (the Buffer contract's second backend),
+the real vLLM engine on the tiny model, the real addition task and reward scorer. Integration and e2e tests run
+the same loop against the real Redis server."""
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from buffer.api import BufferConfig, connect
+from rewards import RewardConfig, build_scorer
+from rollout.api import Prompt, RolloutConfig, TaskConfig
+from rollout.tasks.addition import addition_source
+from rollout.worker import RolloutWorker
+
+
+class ListSource:
+    """A PromptSource over fixed prompts, repeated (a real second implementation of the contract)."""
+
+    def __init__(self, prompts: list[Prompt]):
+        self._cycle, self._prompts = itertools.cycle(prompts), prompts
+
+    def next(self, n: int) -> list[Prompt]:
+        return [next(self._cycle) for _ in range(n)]
+
+    def held_out(self) -> list[Prompt]:
+        return self._prompts
+
+
+def make_worker(engine, *, prompts=None, eta=1, groups_per_step=4, rollout=None, decay=1.0):
+    cfg = rollout or RolloutConfig(group_size=4, groups_per_call=4, max_new_tokens=6)
+    buf = connect(f"memory://{uuid.uuid4().hex}", "test", BufferConfig(eta=eta, groups_per_step=groups_per_step,
+                                                                        max_in_flight=8, max_buffered=64))
+    buf.initialize(version=engine.version)  # the engine holds the weights of the run's version
+    source = prompts or addition_source(TaskConfig(held_out_size=16), seed=0, worker_id=0)
+    worker = RolloutWorker(0, cfg, engine=engine, prompts=source, buffer=buf,
+                           prompt_stats=buf.prompt_stats(decay=decay), scorer=build_scorer(RewardConfig()))
+    return worker, buf
+
+
+def test_a_step_pushes_whole_scored_groups_tagged_with_the_engine_version(vllm_engine):
+    worker, buf = make_worker(vllm_engine)
+    accepted = buf.stats()["accepted"]  # version * B at start (the engine's version may be past 0)
+    assert worker.step() == 4
+    stats = buf.stats()
+    assert (stats["running"], stats["accepted"] - accepted, stats["buffered"]) == (0, 4, 4)  # every slot counted
+    batch = buf.pop(4, timeout_s=1)
+    for group in batch.groups:
+        assert len(group.samples) == 4 and group.fields["answer"]
+        for s in group.samples:
+            assert len(s.response_ids) == len(s.behaviour_logprobs) == len(s.token_versions) > 0
+            assert np.all(s.token_versions == vllm_engine.version) and np.all(s.behaviour_logprobs <= 0)
+            assert s.reward in (0.0, 1.0)
+    assert stats["gen_tokens"] == sum(g.num_response_tokens for g in batch.groups)
+
+
+def test_the_admission_guard_holds_the_loop_back(vllm_engine):
+    worker, buf = make_worker(vllm_engine, eta=0, groups_per_step=4)
+    assert worker.step() == 4  # (eta + v + 1) * B = 4 groups ahead of the trainer at eta = 0
+    tokens = buf.stats()["gen_tokens"]
+    assert worker.step() is None and buf.stats()["gen_tokens"] == tokens  # nothing generated
+    buf.commit(buf.pop(4, timeout_s=1))
+    buf.bump_version()
+    assert worker.step() == 4  # the next version opens the next step's slots
+
+
+def test_weights_received_apply_before_the_next_call_and_tag_its_tokens(vllm_engine, tiny_model_path):
+    from safetensors.torch import load_file
+
+    original = load_file(f"{tiny_model_path}/model.safetensors")
+    worker, buf = make_worker(vllm_engine, eta=4)
+    start = vllm_engine.version
+    torch.manual_seed(0)
+    noisy = {k: (v + 0.01 * torch.randn_like(v)).numpy() for k, v in original.items()}
+    try:
+        worker.receive_weights(start + 2, noisy)
+        worker.receive_weights(start + 1, noisy)  # older than what is pending: ignored
+        buf.bump_version()
+        buf.bump_version()
+        assert worker.step() == 4
+        groups = buf.pop(4, timeout_s=1).groups
+        assert {int(v) for g in groups for s in g.samples for v in s.token_versions} == {start + 2}
+        assert worker.stats()["weight_loads"] == 1 and worker.version == start + 2
+    finally:
+        vllm_engine.load_weights(start, original)
+
+
+def test_a_prompt_too_long_is_skipped_and_its_slot_given_back(vllm_engine):
+    long_prompt = Prompt("long", "1+" * 40 + "1=", {"answer": "41"})
+    worker, buf = make_worker(vllm_engine, prompts=ListSource([long_prompt, Prompt("p", "2+3=", {"answer": "5"})]))
+    assert worker.step() == 2
+    stats = buf.stats()
+    assert stats["too_long_prompts"] == 2 and stats["running"] == 0 and stats["released"] == 2
+
+
+def test_the_pass_rate_filter_reads_the_recent_rate_under_gvm_decay(vllm_engine):
+    """decay 0.9 (allocation=gvm): passes and attempts decay alike. 30 all-pass records leave 240 plain attempts
+    but about 76 decayed passes: read against plain attempts (the old bug) the rate looks like 0.32, not 1.0."""
+    easy, hard = Prompt("easy", "1+1=", {"answer": "2"}), Prompt("hard", "2+2=", {"answer": "4"})
+    cfg = RolloutConfig(group_size=4, groups_per_call=2, max_new_tokens=6, max_pass_rate=0.5,
+                        pass_rate_min_attempts=16)
+    worker, buf = make_worker(vllm_engine, prompts=ListSource([easy, hard]), rollout=cfg, decay=0.9)
+    for _ in range(30):
+        worker.prompt_stats.record([("easy", 8, 8), ("hard", 8, 0)])
+    stat = worker.prompt_stats.get_stats(["easy"])[0]
+    assert stat.seen == 240 and stat.pass_rate == pytest.approx(1.0)
+    assert worker.step() == 2
+    assert {g.prompt_id for g in buf.pop(2, timeout_s=1).groups} == {"hard"}
+    assert worker.counters["skipped_easy_prompts"] >= 2
+
+
+def test_evaluate_scores_greedy_and_sampled_success_on_held_out_prompts(vllm_engine):
+    worker, _ = make_worker(vllm_engine)
+    result = worker.evaluate(worker.held_out_prompts(), max_new_tokens=6, samples=2)
+    assert result["n"] == 16 and result["version"] == vllm_engine.version
+    assert 0.0 <= result["success"] <= 1.0 and 0.0 <= result["sampled_success"] <= 1.0
