@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from plugins import PluginError, Registry
+from plugins import Registry
 from trainer.config import AdvantageConfig
 
 EPS = 1e-6
@@ -135,19 +135,3 @@ def _per_group(rewards: torch.Tensor, group_ids: torch.Tensor, fn) -> torch.Tens
     for idx in _groups(group_ids):
         out[idx] = fn(rewards[idx])
     return out
-
-
-def sequence_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, name: str, scale_by_std: bool = True,
-                        batch_center: str = "group") -> torch.Tensor:
-    """One advantage per sequence from the sequence-level estimator registered as `name`.
-
-    rewards: [B] float, group_ids: [B] long (same id = same group) -> [B]
-    """
-    try:
-        estimator = ADVANTAGES.resolve(name)
-    except PluginError as e:
-        raise ValueError(f"unknown sequence advantage {name!r}: {e}") from e
-    if uses_critic(estimator):
-        raise ValueError(f"unknown sequence advantage {name!r}: it is per token and needs a value model")
-    return estimator(rewards, group_ids, AdvantageConfig(name=name, scale_by_std=scale_by_std,
-                                                         batch_center=batch_center))

@@ -63,7 +63,14 @@ def _clipped_surrogate(ratio, adv, p: PolicyLossParams):
     return surrogate, took_clip
 
 
-# name -> policy loss `(logp, prox_logp, behaviour_logp, advantages, mask, params) -> (per-token loss [B, T], LossStats)`
+# name -> policy loss `(logp, prox_logp, behaviour_logp, advantages, mask, params) -> (per-token loss [B, T], LossStats)`.
+# pi_theta = exp(logp) (gradient), pi_prox = the trainer's weights before the step, mu = the engine that sampled
+# (behaviour); gradient flows through logp only. The built-ins:
+#   ppo_clip:      r = pi/mu;                         L = -min(r A, clip(r) A)
+#   decoupled_ppo: r = pi/pi_prox, w = pi_prox/mu, tokens with w > w_max masked;  L = -w min(r A, clip(r) A)
+#   tis:           r = pi/pi_prox, w = min(pi_prox/mu, C);                       L = -w min(r A, clip(r) A)
+#   cispo:         w = sg(clip(pi/mu, 1-eps_low, 1+eps_high));                   L = -w A log pi
+#   gspo:          s_i = exp(mean_t log(pi/mu)) per sequence; L = -min(s A, clip(s) A) on each token of i
 POLICY_LOSSES: Registry = Registry("policy loss", "trainer.loss.name")
 
 # What the trainer calls: a registered loss with its parameters bound (make_policy_loss).
@@ -77,22 +84,6 @@ def make_policy_loss(cfg) -> LossFn:
     params = PolicyLossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
                               max_behaviour_weight=cfg.max_behaviour_weight, tis_cap=cfg.tis_cap)
     return functools.partial(POLICY_LOSSES.resolve(cfg.name), params=params)
-
-
-def policy_loss(name: str, logp: torch.Tensor, prox_logp: torch.Tensor, behaviour_logp: torch.Tensor,
-                advantages: torch.Tensor, mask: torch.Tensor, params: PolicyLossParams
-                ) -> tuple[torch.Tensor, LossStats]:
-    """Per-token policy loss [B, T] and stats of the loss registered as `name`. pi_theta = exp(logp) (gradient),
-    pi_prox = the trainer's weights before the step, mu = the engine that sampled (behaviour). Gradient flows
-    through logp only.
-
-    ppo_clip:      r = pi/mu;                         L = -min(r A, clip(r) A)
-    decoupled_ppo: r = pi/pi_prox, w = pi_prox/mu, tokens with w > w_max masked;  L = -w min(r A, clip(r) A)
-    tis:           r = pi/pi_prox, w = min(pi_prox/mu, C);                       L = -w min(r A, clip(r) A)
-    cispo:         w = sg(clip(pi/mu, 1-eps_low, 1+eps_high));                   L = -w A log pi
-    gspo:          s_i = exp(mean_t log(pi/mu)) per sequence; L = -min(s A, clip(s) A) on each token of i
-    """
-    return POLICY_LOSSES.resolve(name)(logp, prox_logp, behaviour_logp, advantages, mask, params=params)
 
 
 def _finish(surrogate, took_clip, keep, weight, logp, centre, mask, behaviour_weight) -> tuple[torch.Tensor, LossStats]:

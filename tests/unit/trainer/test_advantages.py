@@ -10,8 +10,14 @@ import math
 import pytest
 import torch
 
-from trainer.advantages import (batch_normalized_advantages, gae, grpo_advantages, rloo_advantages,
-                                sequence_advantages)
+from plugins import PluginError
+from trainer.advantages import ADVANTAGES, batch_normalized_advantages, gae, grpo_advantages, rloo_advantages
+from trainer.config import AdvantageConfig
+
+def sequence_advantages(rewards, group_ids, *, name, **cfg):
+    """The registered sequence-level estimator `name`, as the trainer calls it."""
+    return ADVANTAGES.resolve(name)(rewards, group_ids, AdvantageConfig(name=name, **cfg))
+
 
 SQRT2 = math.sqrt(2)
 SQRT5 = math.sqrt(5)
@@ -196,10 +202,16 @@ def test_sequence_advantages_batch_with_batch_centre():
     torch.testing.assert_close(adv, torch.tensor([0.0, 2.0, -1.0, -1.0, 0.0, 0.0]), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["gae", "ppo", ""])
-def test_sequence_advantages_unknown_name_raises(name):
-    with pytest.raises(ValueError, match="unknown sequence advantage"):
-        sequence_advantages(REWARDS, GROUP_IDS, name=name)
+@pytest.mark.parametrize("name", ["ppo", ""])
+def test_unknown_advantage_name_raises_listing_the_registered_ones(name):
+    with pytest.raises(PluginError, match="unknown advantage .*registered names: batch, gae, grpo, rloo"):
+        ADVANTAGES.resolve(name)
+
+
+def test_only_gae_needs_a_critic():
+    from trainer.advantages import uses_critic
+
+    assert [n for n in ADVANTAGES if uses_critic(ADVANTAGES.resolve(n))] == ["gae"]
 
 
 # ---------------------------------------------------------------- gae

@@ -14,8 +14,14 @@ import numpy as np
 import torch
 
 from buffer.schema import Group, Sample
-from trainer.advantages import sequence_advantages
+from trainer.advantages import ADVANTAGES
+from trainer.config import AdvantageConfig
 from trainer.batch import build_train_batch, last_token_rewards
+
+def sequence_advantages(rewards, group_ids, *, name, **cfg):
+    """The registered sequence-level estimator `name`, as the trainer calls it."""
+    return ADVANTAGES.resolve(name)(rewards, group_ids, AdvantageConfig(name=name, **cfg))
+
 
 
 def _sample(prompt, response, logprobs, reward) -> Sample:

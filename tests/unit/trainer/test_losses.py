@@ -3,7 +3,7 @@
 Clipping uses eps_low = 0.2, eps_high = 0.28 (clip range [0.8, 1.28]) and max_behaviour_weight = 5.
 Log-probs are written as logs of round numbers so that ratios and weights are round numbers:
 r = exp(logp - centre_logp), w = exp(prox_logp - behaviour_logp).
-policy_loss returns the per-token LOSS (already negated): a positive advantage with ratio r gives -r A.
+each policy loss returns the per-token LOSS (already negated): a positive advantage with ratio r gives -r A.
 """
 from __future__ import annotations
 
@@ -12,8 +12,13 @@ import math
 import pytest
 import torch
 
-from trainer.losses import (PolicyLossParams, aggregate, kl_estimate, policy_loss, token_entropy, token_logprobs,
+from trainer.losses import (POLICY_LOSSES, PolicyLossParams, aggregate, kl_estimate, token_entropy, token_logprobs,
                             value_loss)
+
+
+def policy_loss(name, logp, prox_logp, behaviour_logp, advantages, mask, params):
+    """The registered loss `name` (what make_policy_loss binds for the trainer)."""
+    return POLICY_LOSSES.resolve(name)(logp, prox_logp, behaviour_logp, advantages, mask, params=params)
 
 LN = math.log
 PARAMS = PolicyLossParams(eps_low=0.2, eps_high=0.28, max_behaviour_weight=5.0)
