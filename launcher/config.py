@@ -13,8 +13,8 @@ import buffer.api
 import rollout.api
 import trainer.api
 from buffer.api import BufferConfig
-from rewards import RewardConfig, RewardError, check_config
-from rollout.api import RolloutConfig, TaskConfig
+from rewards import RewardConfig, RewardError, check_config, fields_needed
+from rollout.api import DataConfig, RolloutConfig, TaskConfig
 from trainer.api import TrainerConfig
 
 
@@ -27,23 +27,24 @@ class ModelConfig:
 
 @dataclass
 class RunConfig:
-    name: str = "slipstream"
-    seed: int = 0
+    name: str = "slipstream"  # the run directory is runs/<name>/<time>; also the default Redis key prefix
+    seed: int = 0  # seeds the whole pipeline: engines, trainer, data order, the held-out split of the addition task
     total_steps: int = 100  # trainer steps (one optimizer step each)
     max_minutes: float = 0.0  # stop after this wall-clock (0 = no limit); a final evaluation follows
     eval_every: int = 10  # held-out evaluation every K trainer steps (and before the first, after the last)
-    eval_max_new_tokens: int = 8
+    eval_max_new_tokens: int = 8  # new tokens per held-out answer
     eval_samples: int = 4  # samples per held-out prompt for the sampled success at rollout.temperature (0 = off)
     batch_timeout_s: float = 600.0  # give up if no batch arrives for this long (generators stuck or dead)
     call_timeout_s: float = 1800.0  # any one call to the trainer ranks or a worker (a phase, a sync, an evaluation)
     ray_address: Optional[str] = None  # None: start a local Ray instance; "auto" or host:port: join a cluster
-    tensorboard: bool = True
+    tensorboard: bool = True  # TensorBoard events under <run dir>/tensorboard (metrics.jsonl is always written)
 
 
 @dataclass
 class SlipstreamConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
@@ -86,7 +87,7 @@ def to_typed(raw) -> SlipstreamConfig:
 def validate(cfg: SlipstreamConfig) -> None:
     """Each section checks itself next to its owner; this adds the checks across sections. Raises ConfigError
     listing every problem, each naming the key and the fix."""
-    problems = buffer.api.problems(cfg.buffer) + rollout.api.problems(cfg.rollout, cfg.task) \
+    problems = buffer.api.problems(cfg.buffer) + rollout.api.problems(cfg.rollout, cfg.data) \
         + trainer.api.problems(cfg.trainer) + _across_sections(cfg)
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
@@ -94,6 +95,18 @@ def validate(cfg: SlipstreamConfig) -> None:
         check_config(cfg.reward)  # imports and checks every reward; starts nothing
     except RewardError as e:
         raise ConfigError(str(e)) from e
+
+
+def check_data(cfg: SlipstreamConfig) -> None:
+    """Load the prompts as worker 0 would, before any engine starts, and check that every reward finds its fields:
+    a missing file, key or field is an error here, not a crash in a worker."""
+    try:
+        source = rollout.api.load_prompt_source(cfg.data, cfg.task, model_path=cfg.model.path,
+                                                max_model_len=cfg.rollout.max_model_len,
+                                                max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.run.seed)
+        rollout.api.check_fields(source, fields_needed(cfg.reward), f"data.source={cfg.data.source!r}")
+    except rollout.api.DataError as e:
+        raise ConfigError(f"invalid data: {e}") from e
 
 
 def _across_sections(cfg: SlipstreamConfig) -> list[str]:

@@ -12,7 +12,7 @@ import sys
 import uuid
 
 from buffer.api import EmbeddedRedis, connect, free_port
-from launcher.config import SlipstreamConfig, validate
+from launcher.config import SlipstreamConfig, check_data, validate
 from launcher.loop import TrainingLoop
 
 log = logging.getLogger("slipstream")
@@ -21,6 +21,7 @@ log = logging.getLogger("slipstream")
 def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
     """Run one job; returns the summary (also written to <run_dir>/summary.json)."""
     validate(cfg)
+    check_data(cfg)  # reads the prompts as a worker would: a bad file or key fails here, before any engine
     os.makedirs(run_dir, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM unwinds like Ctrl-C
     with contextlib.ExitStack() as cleanup:
@@ -72,8 +73,8 @@ def _start_workers(cfg: SlipstreamConfig, redis_url: str, prefix: str, cleanup: 
 
     actor = ray.remote(RolloutActor).options(num_cpus=cfg.rollout.cpus_per_worker,
                                               num_gpus=cfg.rollout.gpus_per_worker, max_concurrency=4)
-    workers = [actor.remote(i, os.path.abspath(cfg.model.path), cfg.rollout, cfg.task, cfg.buffer, cfg.reward,
-                            redis_url, prefix, cfg.run.seed)
+    workers = [actor.remote(i, os.path.abspath(cfg.model.path), cfg.rollout, cfg.data, cfg.task, cfg.buffer,
+                            cfg.reward, redis_url, prefix, cfg.run.seed)
                for i in range(cfg.rollout.num_workers)]
     cleanup.callback(_stop_workers, workers)
     return workers

@@ -9,12 +9,18 @@ See docs/rewards.md.
 Importing this package is cheap: math-verify and the sandbox load on first use.
 """
 from rewards.config import RewardConfig, RewardSpec, SandboxConfig
-from rewards.registry import ENTRY_POINT_GROUP, entry_point_names, register, registered_names, resolve_reward
+from rewards.registry import (ENTRY_POINT_GROUP, entry_point_names, register, registered_names, required_fields,
+                              resolve_reward)
 from rewards.schema import FAILURE_KINDS, GroupScore, GroupToScore, RewardError, RewardResult, SampleScore
 from rewards.scoring import Scorer, build_scorer, check_config, reward_metrics
 
 __all__ = [
     "ENTRY_POINT_GROUP", "FAILURE_KINDS", "GroupScore", "GroupToScore", "RewardConfig", "RewardError",
     "RewardResult", "RewardSpec", "SampleScore", "SandboxConfig", "Scorer", "build_scorer", "check_config",
-    "entry_point_names", "register", "registered_names", "resolve_reward", "reward_metrics",
+    "entry_point_names", "fields_needed", "register", "registered_names", "required_fields", "resolve_reward", "reward_metrics",
 ]
+
+
+def fields_needed(cfg: RewardConfig) -> dict[str, list[str]]:
+    """Per configured reward (by name), the data-set fields it needs: checked against the data before a run."""
+    return {spec.name: required_fields(resolve_reward(spec.name), spec.kwargs or {}) for spec in cfg.rewards}

@@ -56,6 +56,6 @@ class RewardConfig:
     # What a sample whose reward failed (raised, non-number, NaN, timeout, crash) becomes:
     # "fixed_score": its reward is `failure_score`; "drop_group": its whole group is marked `drop`.
     on_failure: str = "fixed_score"
-    failure_score: float = 0.0
+    failure_score: float = 0.0  # the score of a sample whose reward failed (fixed_score; placeholder under drop_group)
     pool_workers: int = 2  # processes for cpu_heavy rewards; started on first use, not at start-up
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)

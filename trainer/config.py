@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 @dataclass
 class LossConfig:
     name: str = "decoupled_ppo"  # ppo_clip | decoupled_ppo | tis | cispo | gspo, or a dotted path (trainer/api.py)
-    eps_low: float = 0.2
+    eps_low: float = 0.2  # lower clip range of the ratio (1 - eps_low)
     eps_high: float = 0.28  # clip-higher (DAPO): a wider upper bound keeps exploration alive
     dual_clip: float = 0.0  # c > 1 enables dual-clip for negative advantages (0 = off)
     max_behaviour_weight: float = 5.0  # decoupled_ppo: tokens with pi_prox/mu above this are masked out (AReaL)
@@ -31,26 +31,26 @@ class AdvantageConfig:
 
 @dataclass
 class CriticConfig:
-    lr: float = 1e-4
+    lr: float = 1e-4  # AdamW learning rate of the value model
     value_clip: float = 0.2  # PPO value clipping around the value before the step (0 = off)
 
 
 @dataclass
 class TrainerConfig:
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    grad_clip: float = 1.0
-    zero_stage: int = 2
-    num_ranks: int = 1
+    lr: float = 1e-4  # AdamW learning rate of the policy
+    weight_decay: float = 0.0  # AdamW weight decay
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    grad_clip: float = 1.0  # global gradient-norm clip per optimizer step (0 = off)
+    zero_stage: int = 2  # DeepSpeed ZeRO stage 0-3 (3 shards parameters; the reference model too)
+    num_ranks: int = 1  # trainer ranks (data parallel); N ranks compute what one rank computes
     micro_batches: int = 1  # micro-batches per rank per optimizer step (gradient accumulation)
     # PPO mini-batch epochs: each popped batch (buffer.groups_per_step groups) is cut into mini_batches_per_step
     # mini-batches (whole groups) and visited ppo_epochs times, one optimizer step per mini-batch. pi_prox is the
     # weights before the first of them; the policy version still bumps once per popped batch.
     ppo_epochs: int = 1
-    mini_batches_per_step: int = 1
-    cpus_per_rank: float = 1.0
-    gpus_per_rank: float = 0.0
+    mini_batches_per_step: int = 1  # mini-batches (whole groups) per popped batch, one optimizer step each
+    cpus_per_rank: float = 1.0  # Ray CPUs per rank; on CPU also torch's threads
+    gpus_per_rank: float = 0.0  # Ray GPUs per rank (0: CPU with gloo; a fraction shares a GPU with an engine)
     dtype: str = "float32"  # float32 | bfloat16 (GPU)
     weight_transport: str = "store"  # store (Ray object store), or a dotted path (trainer/api.py, TRANSPORTS)
     # Per-prompt gradient-norm estimate written back for GVM allocation: none | proxy | exact (trainer/grad_norms.py)

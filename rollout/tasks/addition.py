@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 from itertools import accumulate
 
-from rollout.config import TaskConfig
-from rollout.prompts import PROMPT_SOURCES, Prompt
+from rollout.config import DataConfig, TaskConfig
+from rollout.prompts import PROMPT_SOURCES, Prompt, SourceContext
 
 # How operands are drawn. "uniform": every operand value equally likely, so every problem is rare and the
 # held-out set is a uniform sample of the same distribution. "digits": the digit count first, so the 100
@@ -101,8 +101,9 @@ class AdditionTask:
 
 
 @PROMPT_SOURCES.register("addition")
-def addition_source(task: TaskConfig, *, seed: int, worker_id: int) -> AdditionTask:
+def addition_source(data: DataConfig, task: TaskConfig, ctx: SourceContext) -> AdditionTask:
     """Each worker its own stream (seed, worker id); the same held-out set and training pool for all."""
-    return AdditionTask(num_digits=task.num_digits, seed=seed * 1_000 + worker_id, held_out_size=task.held_out_size,
-                        max_operands=task.max_operands, operands_decay=task.operands_decay, pool_size=task.pool_size,
-                        pool_seed=seed, operands=task.operands)
+    return AdditionTask(num_digits=task.num_digits, seed=ctx.seed * 1_000 + ctx.worker_id,
+                        held_out_size=task.held_out_size, max_operands=task.max_operands,
+                        operands_decay=task.operands_decay, pool_size=task.pool_size, pool_seed=ctx.seed,
+                        operands=task.operands)

@@ -69,7 +69,7 @@ def rollout_worker(args) -> dict:
 
     from buffer.api import BufferConfig, EmbeddedRedis, connect
     from rewards import RewardConfig
-    from rollout.api import RolloutActor, TaskConfig
+    from rollout.api import DataConfig, RolloutActor, TaskConfig
 
     cfg = rollout_config(args)
     groups_per_step = cfg.groups_per_call
@@ -83,7 +83,8 @@ def rollout_worker(args) -> dict:
             buffer.initialize(version=0)
             actor = ray.remote(RolloutActor).options(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker,
                                                       max_concurrency=4)
-            worker = actor.remote(0, os.path.abspath(args.model), cfg, TaskConfig(max_operands=args.max_operands),
+            worker = actor.remote(0, os.path.abspath(args.model), cfg, DataConfig(),
+                                  TaskConfig(max_operands=args.max_operands),
                                   buf_cfg, RewardConfig(), server.url, "bench", args.seed)
             ray.get(worker.__ray_ready__.remote())  # engine started
             stop = threading.Event()

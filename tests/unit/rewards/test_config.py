@@ -60,13 +60,13 @@ def _problems(cfg: RewardConfig) -> str:
 def test_unknown_name_names_the_entry_and_lists_registered_names():
     msg = _problems(RewardConfig(rewards=[RewardSpec("exact_answer"), RewardSpec("maths")]))
     assert "reward.rewards[1] (maths): unknown reward 'maths'" in msg
-    assert "registered names: exact_answer, format, length_penalty, math, python_tests" in msg
+    assert "registered names: exact_answer, format, length_penalty, math, python_tests, reasoning_gym" in msg
 
 
 def test_path_that_does_not_import_is_reported_with_the_available_names():
     msg = _problems(RewardConfig(rewards=[RewardSpec("no_such_pkg_xyz.scoring:reward")]))
     assert "cannot import module 'no_such_pkg_xyz.scoring'" in msg
-    assert "available: registered names: exact_answer, format, length_penalty, math, python_tests" in msg
+    assert "available: registered names: exact_answer, format, length_penalty, math, python_tests, reasoning_gym" in msg
 
 
 def test_wrong_signature_is_reported(plugin):

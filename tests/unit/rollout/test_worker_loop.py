@@ -12,7 +12,7 @@ import torch
 
 from buffer.api import BufferConfig, connect
 from rewards import RewardConfig, build_scorer
-from rollout.api import Prompt, RolloutConfig, TaskConfig
+from rollout.api import DataConfig, Prompt, RolloutConfig, SourceContext, TaskConfig
 from rollout.tasks.addition import addition_source
 from rollout.worker import RolloutWorker
 
@@ -35,7 +35,7 @@ def make_worker(engine, *, prompts=None, eta=1, groups_per_step=4, rollout=None,
     buf = connect(f"memory://{uuid.uuid4().hex}", "test", BufferConfig(eta=eta, groups_per_step=groups_per_step,
                                                                         max_in_flight=8, max_buffered=64))
     buf.initialize(version=engine.version)  # the engine holds the weights of the run's version
-    source = prompts or addition_source(TaskConfig(held_out_size=16), seed=0, worker_id=0)
+    source = prompts or addition_source(DataConfig(), TaskConfig(held_out_size=16), SourceContext())
     worker = RolloutWorker(0, cfg, engine=engine, prompts=source, buffer=buf,
                            prompt_stats=buf.prompt_stats(decay=decay), scorer=build_scorer(RewardConfig()))
     return worker, buf

@@ -1,0 +1,45 @@
+"""The `slipstream` console command (pyproject [project.scripts]) and scripts/train.py: one Hydra entry point.
+
+    slipstream +experiment=cpu_demo [key=value ...]      # the same overrides as python scripts/train.py
+
+The config is parsed and validated before torch, Ray or vLLM are imported, so --help and config errors answer at
+once. Presets come from the repository's configs/ (SLIPSTREAM_CONFIG_DIR points elsewhere).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+CONFIG_DIR = os.environ.get("SLIPSTREAM_CONFIG_DIR") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    from launcher.config import register_configs
+
+    if not os.path.isfile(os.path.join(CONFIG_DIR, "config.yaml")):
+        sys.exit(f"slipstream: no config.yaml in {CONFIG_DIR}; run from a checkout or set SLIPSTREAM_CONFIG_DIR")
+    register_configs()
+
+    @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=None)
+    def run_job(raw: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from launcher.config import ConfigError, to_typed
+
+        try:
+            cfg = to_typed(raw)  # typed dataclasses from here on
+            from launcher.main import run
+
+            run(cfg, HydraConfig.get().runtime.output_dir)
+        except ConfigError as e:
+            sys.exit(f"slipstream: {e}")
+
+    run_job()
+
+
+if __name__ == "__main__":
+    main()

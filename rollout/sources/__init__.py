@@ -1,0 +1,1 @@
+"""Prompt sources over finite data: local files (through `datasets`) and reasoning-gym tasks."""
