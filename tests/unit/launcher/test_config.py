@@ -188,3 +188,32 @@ def test_validate_accepts_ppo_epochs_with_mini_batches(model_dir):
     cfg = _valid_config(model_dir)
     cfg.trainer.ppo_epochs, cfg.trainer.mini_batches_per_step = 2, 4
     validate(cfg)
+
+
+@pytest.mark.parametrize("preset", sorted(p[:-5] for p in os.listdir(os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))), "configs",
+    "experiment")) if p.endswith(".yaml")))
+def test_every_preset_composes_and_validates(preset, model_dir):
+    cfg = OmegaConf.to_object(_compose([f"+experiment={preset}", f"model.path='{model_dir}'"]))
+    validate(cfg)
+
+
+def test_the_math_example_reads_question_answer_jsonl_with_the_template(tmp_path, tiny_model_path):
+    """The example a user copies: its data settings on a question/answer file, with a tokenizer that has a chat
+    template (the tiny model's, given one), reach the math reward's `answer` field."""
+    import json
+
+    from rewards import fields_needed
+    from rollout.api import check_fields, load_prompt_source
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n"
+                            for i in range(20)))
+    cfg = OmegaConf.to_object(_compose(["+experiment=math_jsonl", f"data.path='{path}'", "data.chat_template=false",
+                                        "data.held_out_size=5"]))
+    source = load_prompt_source(cfg.data, cfg.task, model_path=tiny_model_path, max_model_len=200, max_new_tokens=8,
+                                seed=0)
+    check_fields(source, fields_needed(cfg.reward), "math_jsonl")
+    prompt = source.next(1)[0]
+    assert prompt.text.startswith("What is ") and prompt.text.endswith("final answer within \\boxed{}.")
+    assert set(prompt.fields) == {"answer"}
