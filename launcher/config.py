@@ -13,7 +13,8 @@ import buffer.api
 import rollout.api
 import trainer.api
 from buffer.api import BufferConfig
-from rewards import RewardConfig, RewardError, check_config, fields_needed
+from launcher import eval_sets
+from rewards import RewardConfig, RewardError, RewardSpec, check_config, fields_needed
 from rollout.api import DataConfig, RolloutConfig, TaskConfig
 from trainer.api import TrainerConfig
 
@@ -41,6 +42,23 @@ class RunConfig:
 
 
 @dataclass
+class EvalSetConfig:
+    name: str = ""  # metrics are eval/<name>/mean@k and eval/<name>/pass@k
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="files"))  # like data:; the whole set is read
+    rewards: list[RewardSpec] = field(default_factory=list)  # its own rewards (empty: the training reward)
+    samples: int = 1  # k samples per prompt (pass@k, mean@k)
+    temperature: float = 0.0  # 0: greedy (then samples must be 1); > 0: seeded sampling
+    max_new_tokens: int = 0  # 0: run.eval_max_new_tokens
+    limit: int = 0  # evaluate the first N prompts only (0: all)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation sets beside the held-out success, every run.eval_every steps on rollout worker 0 (docs/data.md)."""
+    sets: list[EvalSetConfig] = field(default_factory=list)  # none by default
+
+
+@dataclass
 class SlipstreamConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -50,6 +68,7 @@ class SlipstreamConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def register_configs() -> None:
@@ -88,7 +107,7 @@ def validate(cfg: SlipstreamConfig) -> None:
     """Each section checks itself next to its owner; this adds the checks across sections. Raises ConfigError
     listing every problem, each naming the key and the fix."""
     problems = buffer.api.problems(cfg.buffer) + rollout.api.problems(cfg.rollout, cfg.data) \
-        + trainer.api.problems(cfg.trainer) + _across_sections(cfg)
+        + trainer.api.problems(cfg.trainer) + eval_sets.problems(cfg) + _across_sections(cfg)
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     try:
@@ -105,6 +124,7 @@ def check_data(cfg: SlipstreamConfig) -> None:
                                                 max_model_len=cfg.rollout.max_model_len,
                                                 max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.run.seed)
         rollout.api.check_fields(source, fields_needed(cfg.reward), f"data.source={cfg.data.source!r}")
+        eval_sets.load_eval_sets(cfg)
     except rollout.api.DataError as e:
         raise ConfigError(f"invalid data: {e}") from e
 

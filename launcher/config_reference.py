@@ -47,14 +47,20 @@ def _default(f: dataclasses.Field):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
-def _rows(cls, prefix: str) -> list[str]:
+def _rows(cls, prefix: str, instance=None) -> list[str]:
+    """One row per key; `instance` gives the defaults where a section's own default differs from its class's."""
     hints, comments, rows = typing.get_type_hints(cls), _comments(cls), []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            rows += _rows(tp, f"{prefix}{f.name}.")
+            rows += _rows(tp, f"{prefix}{f.name}.", _default(f) if instance is None else getattr(instance, f.name))
             continue
-        default = _default(f)
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is list and args and dataclasses.is_dataclass(args[0]):  # a list of sections
+            rows.append(f"| `{prefix}{f.name}` | list | `[]` | {comments.get(f.name, '')}; each item has: |")
+            rows += _rows(args[0], f"{prefix}{f.name}[].")
+            continue
+        default = _default(f) if instance is None else getattr(instance, f.name)
         shown = "" if default in ("", None) else f"`{default!r}`" if isinstance(default, str) else f"`{default}`"
         meaning = comments.get(f.name, "").replace("|", "\\|")
         rows.append(f"| `{prefix}{f.name}` | {_type_name(tp)} | {shown} | {meaning} |")

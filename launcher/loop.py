@@ -18,6 +18,7 @@ import time
 
 from buffer.api import METRIC_COUNTERS, Buffer, PoppedBatch
 from launcher.config import SlipstreamConfig
+from launcher.eval_sets import load_eval_sets
 from launcher.metrics import MetricsWriter, pass_rate_histogram
 from trainer.api import StepResult, make_policy_loss, merge_step_results
 
@@ -62,6 +63,7 @@ class TrainingLoop:
         """Evaluate, train run.total_steps steps (or until run.max_minutes), evaluate; returns the summary."""
         cfg = self.cfg
         self.held_out = self._get(self.workers[0].held_out_prompts.remote())  # also waits for worker 0's engine
+        self.eval_sets = load_eval_sets(cfg)
         self.metrics = MetricsWriter(self.run_dir, cfg.run.tensorboard)
         self._get([r.__ray_ready__.remote() for r in self.trainers.ranks + self.workers])
         self.t_start = time.time()
@@ -144,11 +146,18 @@ class TrainingLoop:
     def evaluate(self) -> dict:
         """Greedy held-out success, and sampled success at the rollout temperature, timed (not training time)."""
         t = time.perf_counter()
-        out = self._get(self.workers[0].evaluate.remote(self.held_out, self.cfg.run.eval_max_new_tokens,
-                                                         self.cfg.run.eval_samples))
+        worker = self.workers[0]  # the other workers keep generating
+        out = self._get(worker.evaluate.remote(self.held_out, self.cfg.run.eval_max_new_tokens,
+                                               self.cfg.run.eval_samples))
+        result = {"held_out_success": out["success"],
+                  **({"held_out_sampled_success": out["sampled_success"]} if "sampled_success" in out else {})}
+        for s in self.eval_sets:
+            scores = self._get(worker.evaluate_set.remote(
+                s.name, s.prompts, s.reward, samples=s.samples, temperature=s.temperature,
+                max_new_tokens=s.max_new_tokens, pass_threshold=self.cfg.rollout.pass_threshold))
+            result.update({f"eval/{s.name}/{k}": v for k, v in scores.items() if "@" in k})
         self.eval_seconds += time.perf_counter() - t
-        return {"held_out_success": out["success"],
-                **({"held_out_sampled_success": out["sampled_success"]} if "sampled_success" in out else {})}
+        return result
 
     # -- metrics and summary ----------------------------------------------------------------------------------
     def _step_metrics(self, batch: PoppedBatch, result: StepResult, version: int, elapsed: float) -> dict:
@@ -195,6 +204,7 @@ class TrainingLoop:
             "steps": step, "minutes": round(elapsed / 60, 2),
             "train_minutes": round((elapsed - self.eval_seconds) / 60, 2), "eval_seconds": round(self.eval_seconds, 1),
             "held_out_size": len(self.held_out), **before_after(self.first_eval, self.last_eval),
+            **{k: v for k, v in self.last_eval.items() if k.startswith("eval/")},
             "generation_tokens_per_s": round(stats["gen_tokens"] / elapsed, 1),
             "trainer_tokens_per_s": round(self.totals["train_tokens"] / max(self.totals["train_s"], 1e-9), 1),
             "weight_sync_s_mean": round(self.totals["sync_s"] / max(step, 1), 4),

@@ -26,7 +26,7 @@ class RewardSpec:
     # A registered name ("math"), a dotted path ("my_pkg.scoring:reward") or the name of an entry point
     # in the "slipstream.rewards" group of an installed package.
     name: str = "exact_answer"
-    weight: float = 1.0
+    weight: float = 1.0  # the reward of a sample is the weighted sum of its rewards
     # Fixed keyword arguments of every call (e.g. {max_len: 4096}); they win over same-named dataset fields.
     # Any: values are heterogeneous (numbers, strings, lists of tags); OmegaConf accepts Any here.
     kwargs: dict[str, Any] = field(default_factory=dict)

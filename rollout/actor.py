@@ -27,5 +27,6 @@ class RolloutActor(RolloutWorker):
         prompts = load_prompt_source(data, task, model_path=model_path, max_model_len=rollout.max_model_len,
                                      max_new_tokens=rollout.max_new_tokens, seed=seed, worker_id=worker_id,
                                      num_workers=rollout.num_workers)
+        # rewards run safely: time limits, failure policy, a process pool
         super().__init__(worker_id, rollout, engine=engine, prompts=prompts, buffer=store, prompt_stats=prompt_stats,
-                         scorer=build_scorer(reward))  # rewards run safely: time limits, failure policy, a pool
+                         scorer=build_scorer(reward), make_scorer=build_scorer)

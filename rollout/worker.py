@@ -22,6 +22,7 @@ import numpy as np
 
 from buffer.api import METRIC_COUNTERS, Buffer, Group, PromptStatsStore, Sample
 from rollout.config import RolloutConfig
+from rollout.evaluation import summarize
 from rollout.prompts import Prompt
 from rollout.sampling_plan import plan_samples
 
@@ -30,11 +31,13 @@ log = logging.getLogger("slipstream.rollout")
 
 class RolloutWorker:
     def __init__(self, worker_id: int, cfg: RolloutConfig, *, engine, prompts, buffer: Buffer,
-                 prompt_stats: PromptStatsStore, scorer):
-        """engine: rollout.api.Engine; prompts: rollout.api.PromptSource; scorer: rewards.Scorer."""
+                 prompt_stats: PromptStatsStore, scorer, make_scorer=None):
+        """engine: rollout.api.Engine; prompts: rollout.api.PromptSource; scorer: rewards.Scorer; make_scorer:
+        RewardConfig -> Scorer, for evaluation sets scored by rewards of their own."""
         self.worker_id, self.cfg = worker_id, cfg
         self.engine, self.prompts, self.buffer, self.prompt_stats, self.scorer = (
             engine, prompts, buffer, prompt_stats, scorer)
+        self.make_scorer, self._eval_scorers = make_scorer, {}
         self._pending_lock = threading.Lock()
         self._apply_lock = threading.Lock()  # the loop and evaluate() both apply: never an older version last
         self._pending: tuple[int, dict] | None = None
@@ -82,6 +85,22 @@ class RolloutWorker:
             result["sampled_success"] = float(np.mean([s.reward for g in groups for s in g.samples]))
         return result
 
+    def evaluate_set(self, name: str, prompts: list[dict], reward=None, *, samples: int = 1, temperature: float = 0.0,
+                     max_new_tokens: int = 8, pass_threshold: float = 1.0) -> dict:
+        """mean@k and pass@k (k = samples) on an evaluation set, scored by its own rewards (a RewardConfig) or, with
+        reward None, the training ones. Sampled sets are seeded, so two evaluations of the same weights agree."""
+        if reward is not None and name not in self._eval_scorers:
+            self._eval_scorers[name] = self.make_scorer(reward)
+        scorer = self._eval_scorers.get(name, self.scorer)
+        self._apply_pending_weights()
+        ids = [self.engine.encode(p["text"]) for p in prompts]
+        outs = self.engine.generate(ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    seed=0 if temperature > 0 else None)
+        scored = scorer.score_groups([(p["text"], [c.text for c in o], p["fields"]) for p, o in zip(prompts, outs)])
+        rewards = [[s.reward for s in g.samples] for g in scored]
+        return {**summarize(rewards, samples, pass_threshold), "n": len(prompts),
+                "version": int(min(c.token_versions.min(initial=self.version) for o in outs for c in o))}
+
     def held_out_prompts(self) -> list[dict]:
         return [{"text": p.text, "fields": p.fields} for p in self.prompts.held_out()]
 
@@ -91,7 +110,8 @@ class RolloutWorker:
         while not self._stop.is_set():
             if self.step() is None:
                 time.sleep(self.cfg.idle_sleep_s)
-        self.scorer.close()  # safe: the pool restarts if evaluate() is called later
+        for scorer in (self.scorer, *self._eval_scorers.values()):
+            scorer.close()  # safe: the pool restarts if evaluate() is called later
         return self.stats()
 
     def step(self) -> int | None:

@@ -109,6 +109,10 @@ class IndexedSource:
     def held_out(self) -> list[Prompt]:
         return self._held_out
 
+    def prompts(self) -> list[Prompt]:
+        """Every training prompt, in the data's order (an evaluation set reads the whole file)."""
+        return list(self._train)
+
     def __len__(self) -> int:
         return len(self._train)
 

@@ -28,10 +28,17 @@ def addition_jsonl(path, n=600, seed=0) -> str:
 
 def test_a_jsonl_file_with_a_template_feeds_prompts_and_answers_to_the_reward(tmp_path, tiny_model_path):
     data = addition_jsonl(tmp_path / "train.jsonl")
+    other = addition_jsonl(tmp_path / "eval.jsonl", n=60, seed=1)
+    eval_set = (f"eval.sets=[{{name:sums,data:{{source:files,path:'{other}',template:'{{question}}=',"
+                f"fields:[answer]}},samples:4,temperature:1.0}}]")
     summary, steps = run_job(tmp_path / "run", tiny_model_path, "run.total_steps=6", "run.eval_every=6",
                              "data.source=files", f"data.path={data}", "data.template='{question}='",
-                             "data.fields=[answer]", "data.held_out_size=100")
+                             "data.fields=[answer]", "data.held_out_size=100", eval_set)
     assert summary["steps"] == 6 and summary["held_out_size"] == 100
+    # the evaluation set: 4 seeded samples per problem at T = 1, logged before the first step and after the last
+    for record in (steps[0], steps[-1]):
+        assert 0.0 < record["eval/sums/mean@4"] <= record["eval/sums/pass@4"] <= 1.0
+    assert summary["eval/sums/pass@4"] == steps[-1]["eval/sums/pass@4"]
     # exact_answer scores against the file's answer column: the warm-started model solves a good share of these
     # (about 30% on the addition task's own held-out set); a template or field that did not arrive scores 0
     assert summary["held_out_success_before"] > 0.1

@@ -217,3 +217,24 @@ def test_the_math_example_reads_question_answer_jsonl_with_the_template(tmp_path
     prompt = source.next(1)[0]
     assert prompt.text.startswith("What is ") and prompt.text.endswith("final answer within \\boxed{}.")
     assert set(prompt.fields) == {"answer"}
+
+
+def test_eval_sets_need_names_of_their_own_and_one_greedy_sample(model_dir):
+    from launcher.config import EvalSetConfig
+
+    cfg = _valid_config(model_dir)
+    cfg.eval.sets = [EvalSetConfig(name="a"), EvalSetConfig(name="a", samples=4)]
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert "eval.sets[1] (a): every evaluation set needs a name of its own" in str(e.value)
+    assert "greedy decoding (temperature 0) gives one sample per prompt" in str(e.value)
+
+
+def test_an_eval_set_with_a_missing_file_fails_the_data_check(tiny_model_path, tmp_path):
+    from launcher.config import EvalSetConfig, check_data
+    from rollout.api import DataConfig
+
+    cfg = _valid_config(tiny_model_path)
+    cfg.eval.sets = [EvalSetConfig(name="math", data=DataConfig(source="files", path=str(tmp_path / "nope.jsonl")))]
+    with pytest.raises(ConfigError, match="nope.jsonl.*does not exist"):
+        check_data(cfg)

@@ -36,8 +36,8 @@ def make_worker(engine, *, prompts=None, eta=1, groups_per_step=4, rollout=None,
                                                                         max_in_flight=8, max_buffered=64))
     buf.initialize(version=engine.version)  # the engine holds the weights of the run's version
     source = prompts or addition_source(DataConfig(), TaskConfig(held_out_size=16), SourceContext())
-    worker = RolloutWorker(0, cfg, engine=engine, prompts=source, buffer=buf,
-                           prompt_stats=buf.prompt_stats(decay=decay), scorer=build_scorer(RewardConfig()))
+    worker = RolloutWorker(0, cfg, engine=engine, prompts=source, buffer=buf, prompt_stats=buf.prompt_stats(decay=decay),
+                           scorer=build_scorer(RewardConfig()), make_scorer=build_scorer)
     return worker, buf
 
 
@@ -117,3 +117,19 @@ def test_evaluate_scores_greedy_and_sampled_success_on_held_out_prompts(vllm_eng
     result = worker.evaluate(worker.held_out_prompts(), max_new_tokens=6, samples=2)
     assert result["n"] == 16 and result["version"] == vllm_engine.version
     assert 0.0 <= result["success"] <= 1.0 and 0.0 <= result["sampled_success"] <= 1.0
+
+
+def test_an_evaluation_set_reports_mean_and_pass_at_k_with_its_own_reward(vllm_engine):
+    from rewards import RewardSpec
+
+    worker, _ = make_worker(vllm_engine)
+    prompts = worker.held_out_prompts()
+    sampled = worker.evaluate_set("sums", prompts, samples=4, temperature=1.0, max_new_tokens=6)
+    assert sampled["n"] == 16 and 0.0 < sampled["mean@4"] <= sampled["pass@4"] <= 1.0  # any of 4 >= their mean
+    assert worker.evaluate_set("sums", prompts, samples=4, temperature=1.0, max_new_tokens=6) == sampled  # seeded
+    greedy = worker.evaluate_set("sums", prompts, samples=1, max_new_tokens=6)
+    assert greedy["mean@1"] == greedy["pass@1"] == worker.evaluate(prompts, max_new_tokens=6)["success"]
+    # its own reward: a format check that every completion fails (no <answer> tag)
+    tagged = worker.evaluate_set("tags", prompts, RewardConfig(rewards=[RewardSpec(
+        "format", kwargs={"required_tags": ["answer"]})]), samples=1, max_new_tokens=6)
+    assert tagged["mean@1"] == 0.0
