@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 
@@ -20,7 +21,10 @@ from buffer.api import METRIC_COUNTERS, Buffer, PoppedBatch
 from launcher.config import SlipstreamConfig
 from launcher.eval_sets import load_eval_sets
 from launcher.metrics import MetricsWriter, pass_rate_histogram
+from launcher.plots import write_plots
 from trainer.api import StepResult, make_policy_loss, merge_step_results
+
+log = logging.getLogger("slipstream")
 
 
 class TrainerGroup:
@@ -77,9 +81,16 @@ class TrainingLoop:
             for step in range(1, cfg.run.total_steps + 1):
                 if self.step(step):
                     break
-        finally:
+        finally:  # also after an error or Ctrl-C: what was logged is plotted
             self.metrics.close()
+            self._plot()
         return self._summary(step)
+
+    def _plot(self) -> None:
+        try:
+            write_plots(self.run_dir)
+        except Exception:  # noqa: BLE001 - a plot must never hide the run's own outcome
+            log.exception("writing the plots of %s failed", self.run_dir)
 
     def step(self, step: int) -> bool:
         """One trainer step; returns True when the run is out of time (after its final evaluation)."""
@@ -166,6 +177,7 @@ class TrainingLoop:
         m = {**result.as_metrics(), "version": version,
              "trainer_tokens": result.tokens, "trainer_tokens_per_s": result.tokens / max(train_s, 1e-9),
              "staleness_mean": sum(batch.staleness) / len(batch.staleness), "staleness_max": max(batch.staleness),
+             "staleness_hist": {str(v): batch.staleness.count(v) for v in sorted(set(batch.staleness))},
              "buffer_depth": stats["buffered"], "running_groups": stats["running"],
              "dropped_stale": batch.dropped_stale, "dropped_stale_total": stats["dropped_stale"],
              "gen_tokens_per_s": (stats["gen_tokens"] - self.prev_gen) / max(now - self.prev_t, 1e-9),

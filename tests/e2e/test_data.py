@@ -39,6 +39,8 @@ def test_a_jsonl_file_with_a_template_feeds_prompts_and_answers_to_the_reward(tm
     for record in (steps[0], steps[-1]):
         assert 0.0 < record["eval/sums/mean@4"] <= record["eval/sums/pass@4"] <= 1.0
     assert summary["eval/sums/pass@4"] == steps[-1]["eval/sums/pass@4"]
+    plots = sorted(p.name for p in (tmp_path / "run" / "plots").iterdir())
+    assert plots == ["held_out.png", "reward.png", "staleness.png", "throughput.png", "timing.png"]
     # exact_answer scores against the file's answer column: the warm-started model solves a good share of these
     # (about 30% on the addition task's own held-out set); a template or field that did not arrive scores 0
     assert summary["held_out_success_before"] > 0.1

@@ -144,6 +144,7 @@ def test_ctrl_c_stops_ray_engines_and_redis(tmp_path, tiny_model_path):
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
     rest, _ = proc.communicate(timeout=120)
     assert "interrupted" in rest, rest[-3000:]
+    assert (tmp_path / "plots" / "reward.png").exists()  # what was logged before Ctrl-C is plotted
     deadline = time.monotonic() + 60
     while _services() - before and time.monotonic() < deadline:
         time.sleep(1)
