@@ -27,6 +27,14 @@ class ModelConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Optional Weights & Biases logging beside metrics.jsonl and TensorBoard (pip install 'slipstream[wandb]')."""
+    project: str = ""  # empty: off
+    mode: str = "offline"  # offline (no network; `wandb sync` later) | online
+    entity: str = ""  # team or user; empty: the default of the logged-in account
+
+
+@dataclass
 class RunConfig:
     name: str = "slipstream"  # the run directory is runs/<name>/<time>; also the default Redis key prefix
     seed: int = 0  # seeds the whole pipeline: engines, trainer, data order, the held-out split of the addition task
@@ -39,6 +47,7 @@ class RunConfig:
     call_timeout_s: float = 1800.0  # any one call to the trainer ranks or a worker (a phase, a sync, an evaluation)
     ray_address: Optional[str] = None  # None: start a local Ray instance; "auto" or host:port: join a cluster
     tensorboard: bool = True  # TensorBoard events under <run dir>/tensorboard (metrics.jsonl is always written)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -139,6 +148,7 @@ def _across_sections(cfg: SlipstreamConfig) -> list[str]:
          f"trainer.mini_batches_per_step={t.mini_batches_per_step}: at most buffer.groups_per_step="
          f"{cfg.buffer.groups_per_step} (a mini-batch holds whole groups)"),
         (cfg.run.eval_every >= 1, "run.eval_every must be >= 1"),
+        (cfg.run.wandb.mode in ("offline", "online"), f"run.wandb.mode={cfg.run.wandb.mode!r}: offline or online"),
     ]
     if r.allocation == "gvm":
         critic = t.advantage.name in trainer.api.ADVANTAGES and trainer.api.uses_critic(

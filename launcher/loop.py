@@ -12,6 +12,7 @@ generator holds them; a batch is committed (leaves the buffer) only after the st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -68,7 +69,7 @@ class TrainingLoop:
         cfg = self.cfg
         self.held_out = self._get(self.workers[0].held_out_prompts.remote())  # also waits for worker 0's engine
         self.eval_sets = load_eval_sets(cfg)
-        self.metrics = MetricsWriter(self.run_dir, cfg.run.tensorboard)
+        self.metrics = MetricsWriter(self.run_dir, cfg.run.tensorboard, cfg.run.wandb, dataclasses.asdict(cfg))
         self._get([r.__ray_ready__.remote() for r in self.trainers.ranks + self.workers])
         self.t_start = time.time()
         self.first_eval = self.last_eval = self.evaluate()

@@ -8,7 +8,8 @@ import time
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str, tensorboard: bool = True):
+    def __init__(self, run_dir: str, tensorboard: bool = True, wandb=None, config: dict | None = None):
+        """wandb: a launcher.config.WandbConfig (None or no project: off); config: the run's, for its record."""
         os.makedirs(run_dir, exist_ok=True)
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self._file = open(self.path, "a", buffering=1)
@@ -17,15 +18,18 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        self._wandb = _start_wandb(wandb, run_dir, config) if wandb is not None and wandb.project else None
         self._live = sys.stdout.isatty()
 
     def write(self, step: int, metrics: dict) -> None:
         record = {"step": step, "time": time.time(), **metrics}
         self._file.write(json.dumps(record) + "\n")
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, step)
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
 
     def progress(self, step: int, total: int, m: dict, last_eval: float | None) -> None:
         """One line, rewritten in place on a terminal, printed every step otherwise."""
@@ -47,6 +51,18 @@ class MetricsWriter:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _start_wandb(cfg, run_dir: str, config: dict | None):
+    try:
+        import wandb
+    except ImportError as e:
+        raise RuntimeError("run.wandb.project is set but wandb is not installed: pip install 'slipstream[wandb]', or "
+                           "leave run.wandb.project empty") from e
+    return wandb.init(project=cfg.project, entity=cfg.entity or None, mode=cfg.mode, dir=run_dir,
+                      name=os.path.basename(os.path.normpath(run_dir)), config=config or {})
 
 
 PASS_RATE_BINS = ("0", "0-0.25", "0.25-0.5", "0.5-0.75", "0.75-1", "1")
