@@ -72,7 +72,8 @@ class Registry(Generic[T]):
         except self.error as e:
             if ":" in spec or "." in spec or (self.entry_point_group and self._entry_points(spec)):
                 return f"{self.config_key}={spec!r}: {e}"
-            return f"{self.config_key}={spec!r}: one of {', '.join(self.names())}, or a dotted path 'package.module:name'"
+            names = ", ".join(self.names())
+            return f"{self.config_key}={spec!r}: one of {names}, or a dotted path 'package.module:name'"
         return None
 
     def _load_builtins(self) -> None:

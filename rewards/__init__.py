@@ -17,7 +17,8 @@ from rewards.scoring import Scorer, build_scorer, check_config, reward_metrics
 __all__ = [
     "ENTRY_POINT_GROUP", "FAILURE_KINDS", "GroupScore", "GroupToScore", "RewardConfig", "RewardError",
     "RewardResult", "RewardSpec", "SampleScore", "SandboxConfig", "Scorer", "build_scorer", "check_config",
-    "entry_point_names", "fields_needed", "register", "registered_names", "required_fields", "resolve_reward", "reward_metrics",
+    "entry_point_names", "fields_needed", "register", "registered_names", "required_fields", "resolve_reward",
+    "reward_metrics",
 ]
 
 

@@ -62,6 +62,7 @@ class DataConfig:
     chat_template: bool = False  # wrap each prompt in the tokenizer's chat template (instruct models)
     system_prompt: str = ""  # with chat_template: a system message first
     shuffle: bool = True  # a fresh seeded order every epoch (each worker reads its own share of the rows)
+    seed: int = -1  # the data's seed (order, reasoning_gym problems); -1: run.seed
     held_out_size: int = 0  # files / reasoning_gym: rows kept back (seeded) for the held-out evaluation
     task: str = ""  # reasoning_gym: the task name, e.g. basic_arithmetic
     size: int = 1000  # reasoning_gym: problems generated for training (held-out ones come from another seed)

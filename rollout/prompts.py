@@ -44,7 +44,8 @@ def load_prompt_source(data, task, *, model_path: str, max_model_len: int, max_n
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    ctx = SourceContext(seed=seed, worker_id=worker_id, num_workers=num_workers, tokenizer=tokenizer,
+    ctx = SourceContext(seed=data.seed if data.seed >= 0 else seed, worker_id=worker_id, num_workers=num_workers,
+                        tokenizer=tokenizer,
                         max_prompt_tokens=max_model_len - max_new_tokens)
     return PROMPT_SOURCES.resolve(data.source)(data, task, ctx)
 
