@@ -84,6 +84,7 @@ class TrainingLoop:
                     break
         finally:  # also after an error or Ctrl-C: what was logged is plotted
             self.metrics.close()
+            self.t_end = time.time()  # the run's wall-clock ends here, not after the plots
             self._plot()
         return self._summary(step)
 
@@ -212,7 +213,7 @@ class TrainingLoop:
     def _summary(self, step: int) -> dict:
         cfg, stats = self.cfg, self.buffer.stats()
         worker_stats = self._get([w.stats.remote() for w in self.workers])
-        elapsed = time.time() - self.t_start
+        elapsed = self.t_end - self.t_start
         summary = {
             "steps": step, "minutes": round(elapsed / 60, 2),
             "train_minutes": round((elapsed - self.eval_seconds) / 60, 2), "eval_seconds": round(self.eval_seconds, 1),
