@@ -45,6 +45,16 @@ def render_prompt(row: dict, data: DataConfig, tokenizer: Optional[Any], where: 
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def json_safe(value):
+    """Fields travel to the reward inside groups in the buffer (msgpack): tuples become lists, and anything that is
+    not a number, string, bool, None, list or dict (a date, a decimal) becomes its string."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+
 def build_prompts(rows: list[dict], data: DataConfig, ctx: SourceContext, where: str) -> list[Prompt]:
     """Rows -> prompts; those longer than ctx.max_prompt_tokens are dropped with one warning."""
     prompts = []
@@ -56,7 +66,7 @@ def build_prompts(rows: list[dict], data: DataConfig, ctx: SourceContext, where:
             raise DataError(f"{where}: data.fields names {', '.join(missing)}, not columns of the data set "
                             f"(columns: {', '.join(row)})")
         prompt_id = str(row[data.id_key]) if data.id_key else str(i)
-        prompts.append(Prompt(prompt_id, text, {k: row[k] for k in keep}))
+        prompts.append(Prompt(prompt_id, text, {k: json_safe(row[k]) for k in keep}))
     if ctx.tokenizer is not None and ctx.max_prompt_tokens > 0:
         lengths = [len(ids) for ids in ctx.tokenizer([p.text for p in prompts], add_special_tokens=False)["input_ids"]]
         kept = [p for p, n in zip(prompts, lengths) if n <= ctx.max_prompt_tokens]

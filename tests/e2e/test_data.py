@@ -52,7 +52,8 @@ def test_a_reasoning_gym_task_runs_scored_by_its_own_verifier(tmp_path, tiny_mod
                              "data.source=reasoning_gym", "data.task=basic_arithmetic", "data.size=400",
                              "data.held_out_size=50", "reward.rewards=[{name:reasoning_gym}]",
                              "rollout.max_new_tokens=6")
-    assert summary["steps"] == 4 and summary["held_out_size"] == 50
+    # 50 held-out problems from another seed, minus those the 400 training problems also hold (1 for this seed)
+    assert summary["steps"] == 4 and 45 <= summary["held_out_size"] <= 50
     last = steps[-1]
     assert last["reward_errors_total"] == 0  # every sample was scored by the task's verifier, none failed
     assert 0.0 <= last["held_out_success"] <= 1.0

@@ -155,3 +155,19 @@ def test_reasoning_gym_prompts_carry_what_the_task_verifier_needs(tiny_model_pat
     assert len(src.held_out()) == 10 and all(p.prompt_id.startswith("held-") for p in src.held_out())
     with pytest.raises(DataError, match="data.task='no_such_task'"):
         reasoning_gym_source(DataConfig(source="reasoning_gym", task="no_such_task"), TaskConfig(), SourceContext())
+
+
+def test_fields_of_any_type_survive_the_buffers_msgpack():
+    import datetime
+
+    import numpy as np
+
+    from buffer.api import Group, Sample, decode_group, encode_group
+    from rollout.sources.indexed import build_prompts
+
+    rows = [{"prompt": "1+1=", "answer": "2", "when": datetime.date(2026, 12, 1), "pair": (1, 2), "tags": {"a": None}}]
+    fields = build_prompts(rows, DataConfig(), SourceContext(), "here")[0].fields
+    empty = np.zeros(0, np.int32)
+    sample = Sample(empty, empty, np.zeros(0, np.float32), empty, 0.0, "stop")
+    assert decode_group(encode_group(Group("p", "1+1=", [sample], fields=fields))).fields == {
+        "answer": "2", "when": "2026-12-01", "pair": [1, 2], "tags": {"a": None}}
