@@ -29,6 +29,22 @@ class BoundMismatch(ValueError):
     """This process's staleness bound differs from the one the run stored when it was initialized."""
 
 
+def staleness_bound(*, eta: int, groups_per_step: int, max_in_flight: int, max_buffered: int, **_) -> dict[str, int]:
+    """What every process of a run must agree on: the run stores it at initialize, each process checks its own."""
+    return {"eta": eta, "groups_per_step": groups_per_step, "max_in_flight": max_in_flight,
+            "max_buffered": max_buffered}
+
+
+def check_bound(stored: dict[str, int] | None, own: dict[str, int], where: str) -> None:
+    """BoundMismatch naming each differing value, if the run at `where` stored another bound (none stored: fine)."""
+    if stored and stored != own:
+        diff = ", ".join(f"{k}: run {stored.get(k)} vs here {v}" for k, v in own.items() if stored.get(k) != v)
+        raise BoundMismatch(
+            f"the run at {where} was initialized with another staleness bound ({diff}); give every process the same "
+            f"buffer.eta / buffer.groups_per_step / buffer.max_in_flight / buffer.max_buffered, or start a new run "
+            f"under another buffer.key_prefix")
+
+
 @dataclass
 class PoppedBatch:
     entry_ids: list  # backend handles of the groups, for commit
@@ -107,5 +123,5 @@ def connect(url: str, prefix: str, cfg: BufferConfig) -> Buffer:
 
 
 __all__ = ["METRIC_COUNTERS", "SCHEMA_VERSION", "BoundMismatch", "Buffer", "BufferConfig", "BufferUnavailable",
-           "EmbeddedRedis", "Group", "PoppedBatch", "PromptStat", "PromptStatsStore", "Sample", "connect",
-           "decode_group", "encode_group", "free_port", "problems"]
+           "EmbeddedRedis", "Group", "PoppedBatch", "PromptStat", "PromptStatsStore", "Sample", "check_bound",
+           "connect", "decode_group", "encode_group", "free_port", "problems", "staleness_bound"]

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from buffer.api import METRIC_COUNTERS, BoundMismatch, BufferUnavailable, PoppedBatch
+from buffer.api import METRIC_COUNTERS, BufferUnavailable, PoppedBatch, check_bound, staleness_bound
 from buffer.prompt_stats import PromptStat
 from buffer.schema import Group, encode_group
 from buffer.staleness import admission_capacity, is_too_stale, staleness
@@ -58,21 +58,16 @@ class MemoryBuffer:
             buf = _NAMED.get(url)
             if buf is None:
                 buf = _NAMED[url] = cls(**kwargs)
-        other = cls(**kwargs)
-        if buf._stored_bound is not None and buf._stored_bound != other.bound:
-            raise BoundMismatch(f"{url} was initialized with {buf._stored_bound}, this process has {other.bound}")
+        check_bound(buf._stored_bound, staleness_bound(**kwargs), url)
         return buf
 
     @property
     def bound(self) -> dict[str, int]:
-        return {"eta": self.eta, "groups_per_step": self.groups_per_step, "max_in_flight": self.max_in_flight,
-                "max_buffered": self.max_buffered}
+        return staleness_bound(**vars(self))
 
     def initialize(self, version: int = 0) -> None:
         with self._cond:
-            if self._stored_bound is not None and self._stored_bound != self.bound:
-                raise BoundMismatch(f"buffer {self.prefix!r} was initialized with {self._stored_bound}, "
-                                    f"not {self.bound}")
+            check_bound(self._stored_bound, self.bound, f"memory buffer {self.prefix!r}")
             self._stored_bound = self.bound
             self._counters.update(version=version, running=0,
                                   accepted=version * self.groups_per_step + len(self._entries))

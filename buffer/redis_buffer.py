@@ -17,7 +17,7 @@ import time
 
 import redis
 
-from buffer.api import METRIC_COUNTERS, BoundMismatch, BufferUnavailable, PoppedBatch
+from buffer.api import METRIC_COUNTERS, BufferUnavailable, PoppedBatch, check_bound, staleness_bound
 from buffer.prompt_stats import PromptStats
 from buffer.schema import Group, encode_group
 from buffer.staleness import is_too_stale, staleness
@@ -69,19 +69,12 @@ class RedisBuffer:
 
     @property
     def bound(self) -> dict[str, int]:
-        return {"eta": self.eta, "groups_per_step": self.groups_per_step, "max_in_flight": self.max_in_flight,
-                "max_buffered": self.max_buffered}
+        return staleness_bound(**vars(self))
 
     def check_bound(self) -> None:
         """Raise BoundMismatch if the run at this prefix stored another bound (nothing stored yet: fine)."""
         stored = {k.decode(): int(v) for k, v in self.client.hgetall(self.key("bound")).items()}
-        if stored and stored != self.bound:
-            diff = ", ".join(f"{k}: run {stored.get(k)} vs here {v}" for k, v in self.bound.items()
-                             if stored.get(k) != v)
-            raise BoundMismatch(
-                f"the run at Redis prefix {self.prefix!r} was initialized with another staleness bound ({diff}); "
-                f"give every process the same buffer.eta / buffer.groups_per_step / buffer.max_in_flight / "
-                f"buffer.max_buffered, or start a new run under another buffer.key_prefix")
+        check_bound(stored, self.bound, f"Redis prefix {self.prefix!r}")
 
     def prompt_stats(self, decay: float = 1.0, grad_mix: float = 0.5) -> PromptStats:
         """The per-prompt statistics of this run, in the same Redis."""
