@@ -125,15 +125,15 @@ def validate(cfg: SlipstreamConfig) -> None:
         raise ConfigError(str(e)) from e
 
 
-def check_data(cfg: SlipstreamConfig) -> None:
+def check_data(cfg: SlipstreamConfig) -> list[eval_sets.EvalSet]:
     """Load the prompts as worker 0 would, before any engine starts, and check that every reward finds its fields:
-    a missing file, key or field is an error here, not a crash in a worker."""
+    a missing file, key or field is an error here, not a crash in a worker. Returns the evaluation sets, loaded."""
     try:
         source = rollout.api.load_prompt_source(cfg.data, cfg.task, model_path=cfg.model.path,
                                                 max_model_len=cfg.rollout.max_model_len,
                                                 max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.run.seed)
         rollout.api.check_fields(source, fields_needed(cfg.reward), f"data.source={cfg.data.source!r}")
-        eval_sets.load_eval_sets(cfg)
+        return eval_sets.load_eval_sets(cfg)
     except rollout.api.DataError as e:
         raise ConfigError(f"invalid data: {e}") from e
 

@@ -1,6 +1,7 @@
 """Evaluation sets (the `eval:` section): their prompts, loaded by the driver, and their checks before a run."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import rollout.api
@@ -36,7 +37,7 @@ def problems(cfg) -> list[str]:
 
 
 def _reward(cfg, s) -> RewardConfig | None:
-    return RewardConfig(**{**cfg.reward.__dict__, "rewards": list(s.rewards)}) if s.rewards else None
+    return dataclasses.replace(cfg.reward, rewards=list(s.rewards)) if s.rewards else None
 
 
 def load_eval_sets(cfg) -> list[EvalSet]:

@@ -20,7 +20,7 @@ import time
 
 from buffer.api import METRIC_COUNTERS, Buffer, PoppedBatch
 from launcher.config import SlipstreamConfig
-from launcher.eval_sets import load_eval_sets
+from launcher.eval_sets import EvalSet
 from launcher.metrics import MetricsWriter, pass_rate_histogram
 from launcher.plots import write_plots
 from trainer.api import StepResult, make_policy_loss, merge_step_results
@@ -41,8 +41,10 @@ class TrainerGroup:
 
 
 class TrainingLoop:
-    def __init__(self, cfg: SlipstreamConfig, buffer: Buffer, workers: list, ranks: list, run_dir: str):
-        self.cfg, self.buffer, self.workers, self.run_dir = cfg, buffer, workers, run_dir
+    def __init__(self, cfg: SlipstreamConfig, buffer: Buffer, workers: list, ranks: list, run_dir: str,
+                 eval_sets: list[EvalSet]):
+        """eval_sets: loaded and checked before the run (launcher.config.check_data)."""
+        self.cfg, self.buffer, self.workers, self.run_dir, self.eval_sets = cfg, buffer, workers, run_dir, eval_sets
         self.trainers = TrainerGroup(ranks, cfg.run.call_timeout_s)
         self.loss_fn = make_policy_loss(cfg.trainer.loss)  # the trainer is handed the loss, it does not pick one
         self.prompt_stats = buffer.prompt_stats(grad_mix=cfg.rollout.gvm.grad_mix)
@@ -68,7 +70,6 @@ class TrainingLoop:
         """Evaluate, train run.total_steps steps (or until run.max_minutes), evaluate; returns the summary."""
         cfg = self.cfg
         self.held_out = self._get(self.workers[0].held_out_prompts.remote())  # also waits for worker 0's engine
-        self.eval_sets = load_eval_sets(cfg)
         self.metrics = MetricsWriter(self.run_dir, cfg.run.tensorboard, cfg.run.wandb, dataclasses.asdict(cfg))
         self._get([r.__ray_ready__.remote() for r in self.trainers.ranks + self.workers])
         self.t_start = time.time()
@@ -109,7 +110,7 @@ class TrainingLoop:
             self.trainers.call("compute_advantages")
         with self.phase("update"):
             result = merge_step_results(self.trainers.call("update", self.loss_fn))
-        next_version = self.buffer.version() + 1
+        next_version = batch.version + 1  # pop read the version; only this driver bumps it (checked below)
         with self.phase("weight_sync"):
             self.trainers.call("send_weights", next_version)  # labelled with the version they become
         with self.phase("version_bump"):

@@ -21,7 +21,7 @@ log = logging.getLogger("slipstream")
 def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
     """Run one job; returns the summary (also written to <run_dir>/summary.json)."""
     validate(cfg)
-    check_data(cfg)  # reads the prompts as a worker would: a bad file or key fails here, before any engine
+    evaluation = check_data(cfg)  # reads the prompts as a worker would: a bad file or key fails here, not later
     os.makedirs(run_dir, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM unwinds like Ctrl-C
     with contextlib.ExitStack() as cleanup:
@@ -38,7 +38,7 @@ def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
         ray.get(trainers[0].set_transport.remote(cfg.trainer.weight_transport, workers),
                 timeout=cfg.run.call_timeout_s)
         try:
-            return TrainingLoop(cfg, buffer, workers, trainers, run_dir).run()
+            return TrainingLoop(cfg, buffer, workers, trainers, run_dir, evaluation).run()
         except KeyboardInterrupt:
             print("\ninterrupted: stopping rollout workers, trainers, Ray and Redis", flush=True)
             raise

@@ -6,6 +6,7 @@ name `data.source` gives: `addition` (rollout/tasks/addition.py), `files` and `r
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -37,21 +38,27 @@ PROMPT_SOURCES: Registry = Registry("prompt source", "data.source", builtin_modu
     "rollout.tasks.addition", "rollout.sources.files", "rollout.sources.reasoning_gym"))
 
 
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_path: str):
+    """One tokenizer per model for the training data and every evaluation set (it only reads: templates, lengths)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
 def load_prompt_source(data, task, *, model_path: str, max_model_len: int, max_new_tokens: int, seed: int,
                        worker_id: int = 0, num_workers: int = 1):
     """The prompt source `data.source` names, for one worker: with the model's tokenizer (chat template, prompt
     lengths) and the context's room for a prompt. Raises DataError naming the file, the key and the fix."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     ctx = SourceContext(seed=data.seed if data.seed >= 0 else seed, worker_id=worker_id, num_workers=num_workers,
-                        tokenizer=tokenizer,
+                        tokenizer=_tokenizer(model_path),
                         max_prompt_tokens=max_model_len - max_new_tokens)
     return PROMPT_SOURCES.resolve(data.source)(data, task, ctx)
 
 
 def check_fields(source, needed: dict[str, list[str]], where: str) -> None:
-    """Every reward finds the fields it needs in the source's prompts (training and held-out)."""
+    """Every reward finds the fields it needs in the source's prompts (training and held-out). It draws one training
+    prompt, so it is meant for a source built for the check."""
     for prompts, kind in ((source.next(1), "training"), (source.held_out()[:1], "held-out")):
         if not prompts:
             continue
