@@ -88,15 +88,28 @@ def _held_out(plt, rows):
     return fig
 
 
-def _reward(plt, steps):
-    xs, ys = _series(steps, "reward_mean")
+def _lines(plt, steps, series: list[tuple[str, str]], *, ylabel: str, title: str, per_step: bool = False,
+           from_zero: bool = False):
+    """One panel: each (key, label)'s moving mean against the step, and with per_step its raw values behind it."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(xs, ys, alpha=0.35, label="per step")
-    ax.plot(xs, _moving(ys), label=f"moving mean ({SMOOTH} steps)")
-    ax.set(xlabel="trainer step", ylabel="mean reward of the trained samples", title="Training reward")
+    for key, label in series:
+        xs, ys = _series(steps, key)
+        if not ys:
+            continue
+        if per_step:
+            ax.plot(xs, ys, alpha=0.35, label=f"{label}, per step")
+        ax.plot(xs, _moving(ys), label=f"{label}, moving mean ({SMOOTH} steps)")
+    ax.set(xlabel="trainer step", ylabel=ylabel, title=title)
+    if from_zero:
+        ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
+
+
+def _reward(plt, steps):
+    return _lines(plt, steps, [("reward_mean", "reward")], ylabel="mean reward of the trained samples",
+                  title="Training reward", per_step=True)
 
 
 def _staleness(plt, steps):
@@ -124,27 +137,13 @@ def _staleness(plt, steps):
 
 
 def _throughput(plt, steps):
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("gen_tokens_per_s", "generation (rollout workers)"), ("trainer_tokens_per_s", "trainer")):
-        xs, ys = _series(steps, key)
-        ax.plot(xs, _moving(ys), label=f"{label}, moving mean")
-    ax.set(xlabel="trainer step", ylabel="tokens / s", title="Throughput of both sides")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
+    series = [("gen_tokens_per_s", "generation (rollout workers)"), ("trainer_tokens_per_s", "trainer")]
+    return _lines(plt, steps, series, ylabel="tokens / s", title="Throughput of both sides", from_zero=True)
 
 
 def _timing(plt, steps):
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("wait_batch_s", "update_s", "weight_sync_s"):
-        xs, ys = _series(steps, key)
-        if ys:
-            ax.plot(xs, _moving(ys), label=f"{key[:-2].replace('_', ' ')}, moving mean")
-    ax.set(xlabel="trainer step", ylabel="seconds per step", title="Seconds per step, by phase")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
+    return _lines(plt, steps, [(k, k[:-2].replace("_", " ")) for k in ("wait_batch_s", "update_s", "weight_sync_s")],
+                  ylabel="seconds per step", title="Seconds per step, by phase")
 
 
 def _allocation(plt, steps):

@@ -30,6 +30,18 @@ class Completion:
     token_versions: np.ndarray  # int32 [R], policy version of the weights that sampled each token
 
 
+def prefill_pieces(prefill_tokens: list[int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive (start, end) ranges of prompts whose prefill tokens add up to at most `budget` each (a prompt
+    larger than the budget gets a range of its own)."""
+    pieces, start, used = [], 0, 0
+    for i, tokens in enumerate(prefill_tokens):
+        if used + tokens > budget and i > start:
+            pieces.append((start, i))
+            start, used = i, 0
+        used += tokens
+    return pieces + [(start, len(prefill_tokens))]
+
+
 class VllmEngine:
     def __init__(self, model_path: str, *, max_model_len: int, seed: int, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True,
@@ -68,13 +80,7 @@ class VllmEngine:
             # does not use offset"): seeded calls go in pieces whose prefill fits one scheduler step. Each request
             # has its own seeded generator, so the pieces sample exactly what one call would.
             budget = self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
-            pieces, start, used = [], 0, 0
-            for i, (ids, k) in enumerate(zip(prompt_ids, counts)):
-                if used + len(ids) * k > budget and i > start:
-                    pieces.append((start, i))
-                    start, used = i, 0
-                used += len(ids) * k
-            pieces.append((start, len(prompt_ids)))
+            pieces = prefill_pieces([len(ids) * k for ids, k in zip(prompt_ids, counts)], budget)
             if len(pieces) > 1:
                 return [c for a, b in pieces for c in self._generate(prompt_ids[a:b], counts[a:b], max_new_tokens,
                                                                        temperature, top_p, seed)]

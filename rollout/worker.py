@@ -76,13 +76,10 @@ class RolloutWorker:
             version = self.version
         finally:
             self.engine.resume()
-        scored = self.scorer.score_groups([(p["text"], [o[0].text], p["fields"]) for p, o in zip(prompts, outs)])
-        result = {"success": float(np.mean([g.samples[0].reward for g in scored])), "version": version,
+        result = {"success": float(np.mean(self._rewards(self.scorer, prompts, outs))), "version": version,
                   "n": len(prompts)}
         if sampled is not None:
-            groups = self.scorer.score_groups([(p["text"], [c.text for c in o], p["fields"])
-                                               for p, o in zip(prompts, sampled)])
-            result["sampled_success"] = float(np.mean([s.reward for g in groups for s in g.samples]))
+            result["sampled_success"] = float(np.mean(self._rewards(self.scorer, prompts, sampled)))
         return result
 
     def evaluate_set(self, name: str, prompts: list[dict], reward=None, *, samples: int = 1, temperature: float = 0.0,
@@ -96,10 +93,14 @@ class RolloutWorker:
         ids = [self.engine.encode(p["text"]) for p in prompts]
         outs = self.engine.generate(ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature,
                                     seed=0 if temperature > 0 else None)
-        scored = scorer.score_groups([(p["text"], [c.text for c in o], p["fields"]) for p, o in zip(prompts, outs)])
-        rewards = [[s.reward for s in g.samples] for g in scored]
-        return {**summarize(rewards, samples, pass_threshold), "n": len(prompts),
+        return {**summarize(self._rewards(scorer, prompts, outs), samples, pass_threshold), "n": len(prompts),
                 "version": int(min(c.token_versions.min(initial=self.version) for o in outs for c in o))}
+
+    @staticmethod
+    def _rewards(scorer, prompts: list[dict], outs) -> list[list[float]]:
+        """Each evaluation prompt's completions scored: their rewards, per prompt."""
+        scored = scorer.score_groups([(p["text"], [c.text for c in o], p["fields"]) for p, o in zip(prompts, outs)])
+        return [[s.reward for s in g.samples] for g in scored]
 
     def held_out_prompts(self) -> list[dict]:
         return [{"text": p.text, "fields": p.fields} for p in self.prompts.held_out()]

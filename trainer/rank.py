@@ -61,6 +61,7 @@ class _Step:
     know them), this rank's rows, and what each phase has computed so far."""
     groups: list[Group]
     plan: StepPlan
+    mine: list[int]  # this rank's groups (indices into the popped batch), in their order in `batch`
     batch: TrainBatch  # this rank's groups only
     rows_of: dict[int, torch.Tensor]  # group index in the popped batch -> its rows in `batch`
     global_rows: torch.Tensor  # [B_rank] each row's index among all the batch's samples
@@ -174,7 +175,7 @@ class TrainerRank:
         global_rows = torch.tensor([first_row[g] + j for g in mine for j in range(len(groups[g].samples))],
                                    dtype=torch.long, device=batch.rewards.device)
         rows_of = {g: torch.nonzero(batch.group_ids == i).squeeze(-1) for i, g in enumerate(mine)}
-        self._step = _Step(groups, plan, batch, rows_of, global_rows, self._slices(len(batch.rewards)))
+        self._step = _Step(groups, plan, mine, batch, rows_of, global_rows, self._slices(len(batch.rewards)))
         self._step.seconds += time.perf_counter() - t0
 
     def compute_logprobs(self) -> None:
@@ -224,7 +225,7 @@ class TrainerRank:
     # -- inside the phases ----------------------------------------------------------------------------------
     def _rows(self, st: _Step, mini: MiniBatch) -> torch.Tensor:
         """This rank's rows of a mini-batch, in its group order."""
-        rows = [st.rows_of[g] for g in mini.groups if st.plan.owner[g] == self.rank]
+        rows = [st.rows_of[g] for g in mini.groups if g in st.rows_of]
         return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=st.batch.rewards.device)
 
     def _result(self, st: _Step, totals: dict, value: float | None, grad_norms: list) -> StepResult:
@@ -295,9 +296,8 @@ class TrainerRank:
         """Per-prompt G_i of this rank's groups: the mean over each group's accepted samples."""
         if st.norms is None:
             return {}
-        mine = st.plan.groups_of(self.rank)
         means = prompt_means(st.norms.detach(), st.batch.group_ids, st.batch.rewards >= self.cfg.accept_threshold)
-        return {st.groups[mine[i]].prompt_id: v for i, v in means.items()}
+        return {st.groups[st.mine[i]].prompt_id: v for i, v in means.items()}
 
     def _policy_update(self, st: _Step, rows: torch.Tensor, mini: MiniBatch,
                        loss_fn: LossFn) -> tuple[dict, tuple[torch.Tensor | None, float], float | None]:
