@@ -29,7 +29,7 @@ class Sample:
     finish_reason: str  # "stop" (EOS / stop string), "length" (hit max_new_tokens)
     # Named sub-scores and free-form info from the reward function; empty means it gave only a score.
     reward_details: dict[str, Any] = field(default_factory=dict)
-    gen_seconds: float = 0.0  # wall-clock of the generate call that produced it (shared by its batch)
+    gen_seconds: float = 0.0  # wall-clock from its group's submission to the engine until the group finished
 
     def __post_init__(self) -> None:
         n = len(self.response_ids)

@@ -9,18 +9,21 @@ Plugin points, each a registry resolving a registered name or a dotted path (plu
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from rollout.actor import RolloutActor
 from rollout.allocation import ALLOCATION_RULES
 from rollout.config import DataConfig, GvmConfig, RolloutConfig, TaskConfig, problems
-from rollout.engine import ENGINES, Completion
+from rollout.engine import ENGINES, Completion, EngineError, WeightUpdateError
 from rollout.prompts import PROMPT_SOURCES, DataError, Prompt, SourceContext, check_fields, load_prompt_source
 
 
 class Engine(Protocol):
-    """One generation engine. Invariant: weights change only between generate calls, and every completion's
-    `token_versions` names the weights that sampled each token."""
+    """One generation engine, generating continuously. Invariants: every completion's `token_versions` names the
+    weights that sampled each token (a sample may span several versions); its `logprobs` are those the sampler drew
+    from; a failed weight update leaves the engine serving its old weights."""
 
     max_model_len: int
     version: int  # policy version of the weights loaded now
@@ -28,17 +31,22 @@ class Engine(Protocol):
     def encode(self, text: str) -> list[int]:
         ...
 
+    def submit(self, prompt_ids: list[int], *, n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
+               seed: int | None = None) -> Future:
+        """n samples of one prompt, started now; the Future's result is their list[Completion] (thread-safe)."""
+
     def generate(self, prompt_ids: list[list[int]], *, n: int | list[int], max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
-        """n completions per prompt (one n, or one per prompt) with per-token sampling log-probs; T = 0 greedy."""
+        """submit() for every prompt (one n, or one per prompt), then wait for all; temperature 0 = greedy."""
 
     def load_weights(self, version: int, named_tensors: dict) -> None:
-        """Hugging Face names -> tensors; the call in flight finishes under the old weights first."""
+        """Hugging Face names -> tensors, loaded while requests run (by rollout.weight_update); raises
+        WeightUpdateError if they could not be, the old weights still loaded."""
 
-    def pause(self) -> None:
-        """Hold off other threads' generate / load_weights calls (after the one in flight) until resume()."""
+    def hold_weights(self) -> AbstractContextManager:
+        """A block during which no weight update happens (an update waits for its end)."""
 
-    def resume(self) -> None:
+    def stats(self) -> dict:
         ...
 
 
@@ -57,9 +65,9 @@ class WeightReceiver(Protocol):
     """What a weight transport delivers to (as a Ray actor handle: `receive_weights.remote(...)`)."""
 
     def receive_weights(self, version: int, named_arrays: dict) -> None:
-        """Stash the weights of `version` (Hugging Face names -> numpy arrays); applied between generate calls."""
+        """Stash the weights of `version` (Hugging Face names -> numpy arrays); the worker's loop loads them."""
 
 
-__all__ = ["ALLOCATION_RULES", "ENGINES", "PROMPT_SOURCES", "Completion", "DataConfig", "DataError", "Engine",
+__all__ = ["ALLOCATION_RULES", "ENGINES", "PROMPT_SOURCES", "Completion", "DataConfig", "DataError", "Engine", "EngineError",
            "GvmConfig", "Prompt", "PromptSource", "RolloutActor", "RolloutConfig", "SourceContext", "TaskConfig",
-           "WeightReceiver", "check_fields", "load_prompt_source", "problems"]
+           "WeightReceiver", "WeightUpdateError", "check_fields", "load_prompt_source", "problems"]

