@@ -267,7 +267,7 @@ class AsyncVllmEngine:
 
     async def _paused(self) -> str:
         try:
-            return str(await asyncio.wait_for(self._llm.is_paused(), 1.0))
+            return str(await asyncio.wait_for(self._llm.is_paused(), 0.5))
         except Exception as e:  # the engine core does not answer either
             return f"unknown ({type(e).__name__})"
 
