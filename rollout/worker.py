@@ -62,8 +62,10 @@ class RolloutWorker:
         self._stop = threading.Event()
         self._planned: deque[tuple[Prompt, list[int], int]] = deque()  # (prompt, its tokens, samples) to submit
         self._in_flight: list[_GroupInFlight] = []
+        self._idle_since: float | None = None
         self.counters = {"groups": 0, "samples": 0, "tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0,
                          "weight_load_failures": 0, "engine_errors": 0, "pilot_prompts": 0, "gen_seconds": 0.0,
+                         "engine_idle_s": 0.0,
                          **dict.fromkeys(METRIC_COUNTERS, 0)}
         self._reported = dict.fromkeys(METRIC_COUNTERS, 0)  # what push() has passed on to the buffer's stats
 
@@ -144,6 +146,7 @@ class RolloutWorker:
         rollout.idle_sleep_s)."""
         self._apply_pending_weights()
         self._fill()
+        self._track_idle()
         if not self._in_flight:
             time.sleep(self.cfg.idle_sleep_s)  # the admission guard says no: poll again
             return 0
@@ -152,6 +155,14 @@ class RolloutWorker:
         finished = [g for g in self._in_flight if g.future in done]
         self._in_flight = [g for g in self._in_flight if g.future not in done]
         return self._push(finished) if finished else 0
+
+    def _track_idle(self) -> None:
+        """engine_idle_s: wall-clock during which the engine ran no request of this worker's (what a synchronous
+        step loses to its slowest sample, and any worker to the admission guard)."""
+        now = time.perf_counter()
+        if self._idle_since is not None:
+            self.counters["engine_idle_s"] += now - self._idle_since
+        self._idle_since = now if self.engine.in_flight() == 0 else None
 
     def _fill(self) -> None:
         """Submit a group for every slot the admission guard grants, up to rollout.groups_in_flight in flight."""

@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """Rollout worker vs the bare engine: generated tokens per second on the same model, prompts and settings.
 
-bare:   one `VllmEngine` in this process, calling `generate(prompts, n=group_size)` back to back; nothing else.
-worker: the real `RolloutWorker` Ray actor (admission guard, prompt drawing, sampling plan, reward scoring,
-        encoding, Redis pushes) feeding a real embedded Redis, with this process popping and committing
-        batches as fast as they come (a trainer that costs nothing), so only the worker's own overhead shows.
-Both count response tokens only, after one warm-up call, over the same wall-clock window.
+bare:   vLLM's AsyncLLM alone in a process, built with the rollout engine's own arguments
+        (rollout.engine.engine_args), kept full the way a bare user would: --groups-in-flight prompts in flight,
+        each `generate(prompt, n=group_size)` (final output only, no detokenizing), the next prompt submitted the
+        moment one finishes; nothing else.
+worker: the real `RolloutWorker` Ray actor (admission guard, prompt drawing, sampling plan, per-sample requests
+        with per-token versions, reward scoring, Redis pushes) feeding a real embedded Redis, with this process
+        popping and committing batches as fast as they come (a trainer that costs nothing), so only the worker's
+        own overhead shows.
+Both count the response tokens of the groups that finish inside the same wall-clock window, after a warm-up,
+with the same CPU threads (OMP_NUM_THREADS = --cpus on both sides).
 
     python scripts/bench/rollout_vs_engine.py [--model .cache/tiny-model] [--seconds 60] [--gpu]
 Writes docs/bench/rollout_vs_engine.json (or --out).
@@ -13,6 +18,7 @@ Writes docs/bench/rollout_vs_engine.json (or --out).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import threading
 import time
@@ -25,42 +31,68 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def rollout_config(args):
     from rollout.config import RolloutConfig
 
-    return RolloutConfig(group_size=args.group_size, groups_per_call=args.groups_per_call,
+    return RolloutConfig(group_size=args.group_size, groups_in_flight=args.groups_in_flight,
                          max_new_tokens=args.max_new_tokens, max_model_len=args.max_model_len, dtype=args.dtype,
                          gpus_per_worker=1.0 if args.gpu else 0.0, cpus_per_worker=args.cpus,
-                         gpu_memory_utilization=args.gpu_memory_utilization)
+                         gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
+                         enforce_eager=not args.gpu)
+
+
+def prompt_source(args):
+    from rollout.api import DataConfig, SourceContext, TaskConfig
+    from rollout.tasks.addition import addition_source
+
+    return addition_source(DataConfig(), TaskConfig(max_operands=args.max_operands), SourceContext(seed=args.seed))
 
 
 def bare_engine(args) -> dict:
-    """Tokens/s of the engine alone, with the worker's prompts and sampling settings."""
+    """Tokens/s of AsyncLLM alone, with the worker's prompts, engine arguments and sampling settings."""
     # the same threads as the worker actor gets: Ray sets OMP_NUM_THREADS to the actor's CPUs, and the worker
     # keeps it (a first run without this compared 1 thread in the actor with 16 in this process on the GPU host)
     os.environ["OMP_NUM_THREADS"] = str(int(args.cpus))
     if not args.gpu:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    from rollout.engine import VllmEngine
-    from rollout.tasks.addition import AdditionTask
+    return asyncio.run(_bare(args))
 
-    cfg = rollout_config(args)
-    engine = VllmEngine(os.path.abspath(args.model), max_model_len=cfg.max_model_len, seed=args.seed,
-                        dtype=cfg.dtype, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                        enforce_eager=not args.gpu)
-    task = AdditionTask(seed=args.seed, max_operands=args.max_operands)
 
-    def call() -> int:
-        ids = [engine.encode(p.text) for p in task.next(cfg.groups_per_call)]
-        outs = engine.generate(ids, n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
-                               temperature=cfg.temperature, top_p=cfg.top_p)
-        return sum(len(c.token_ids) for group in outs for c in group)
+async def _bare(args) -> dict:
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
 
-    call()  # warm-up
-    tokens, calls, t0 = 0, 0, time.perf_counter()
-    while time.perf_counter() - t0 < args.seconds:
-        tokens += call()
-        calls += 1
-    seconds = time.perf_counter() - t0
-    return {"tokens": tokens, "seconds": round(seconds, 2), "calls": calls, "tokens_per_s": round(tokens / seconds, 1)}
+    from rollout.engine import engine_args
+
+    cfg, model = rollout_config(args), os.path.abspath(args.model)
+    llm = AsyncLLM.from_engine_args(engine_args(
+        model, max_model_len=cfg.max_model_len, seed=args.seed, dtype=cfg.dtype, max_num_seqs=cfg.max_num_seqs,
+        gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
+        tensor_parallel_size=1, on_cpu=not args.gpu))
+    tokenizer, source = AutoTokenizer.from_pretrained(model), prompt_source(args)
+    params = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, logprobs=0,
+                            max_tokens=cfg.max_new_tokens, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
+    window = {"start": None, "end": None, "tokens": 0, "groups": 0}
+    ids = iter(range(10**9))
+
+    async def keep_one_in_flight(stop_at: float) -> None:
+        while time.perf_counter() < stop_at:
+            prompt = TokensPrompt(prompt_token_ids=tokenizer.encode(source.next(1)[0].text, add_special_tokens=False))
+            async for out in llm.generate(prompt, params, request_id=f"b{next(ids)}"):
+                final = out
+            now = time.perf_counter()
+            if window["start"] is not None and window["start"] <= now <= window["end"]:
+                window["tokens"] += sum(len(c.token_ids) for c in final.outputs)
+                window["groups"] += 1
+
+    t0 = time.perf_counter()
+    warm_end = t0 + args.warmup_seconds
+    window["start"], window["end"] = warm_end, warm_end + args.seconds
+    await asyncio.gather(*(keep_one_in_flight(window["end"]) for _ in range(cfg.groups_in_flight)))
+    llm.shutdown()
+    return {"tokens": window["tokens"], "groups": window["groups"], "seconds": args.seconds,
+            "tokens_per_s": round(window["tokens"] / args.seconds, 1)}
 
 
 def rollout_worker(args) -> dict:
@@ -72,10 +104,10 @@ def rollout_worker(args) -> dict:
     from rollout.api import DataConfig, RolloutActor, TaskConfig
 
     cfg = rollout_config(args)
-    groups_per_step = cfg.groups_per_call
+    groups_per_step = cfg.groups_in_flight
     # Staleness never binds: this measures generation, not the admission guard's waiting.
-    buf_cfg = BufferConfig(eta=10**6, groups_per_step=groups_per_step, max_in_flight=4 * cfg.groups_per_call,
-                           max_buffered=16 * cfg.groups_per_call)
+    buf_cfg = BufferConfig(eta=10**6, groups_per_step=groups_per_step, max_in_flight=4 * cfg.groups_in_flight,
+                           max_buffered=16 * cfg.groups_in_flight)
     with EmbeddedRedis() as server:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=max(os.cpu_count() or 1, 2))
         try:
@@ -98,8 +130,9 @@ def rollout_worker(args) -> dict:
             drainer = threading.Thread(target=drain, daemon=True)
             drainer.start()
             run = worker.run.remote()
-            while buffer.stats()["gen_tokens"] == 0:  # warm-up: the first call has landed
+            while buffer.stats()["gen_tokens"] == 0:  # the engine is up: the first group has landed
                 time.sleep(0.05)
+            time.sleep(args.warmup_seconds)
             start_tokens, t0 = buffer.stats()["gen_tokens"], time.perf_counter()
             time.sleep(args.seconds)
             tokens, seconds = buffer.stats()["gen_tokens"] - start_tokens, time.perf_counter() - t0
@@ -110,7 +143,8 @@ def rollout_worker(args) -> dict:
         finally:
             ray.shutdown()
     return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
-            "worker_counters": {k: counters[k] for k in ("groups", "samples", "tokens", "gen_seconds")}}
+            "worker_counters": {k: counters[k] for k in ("groups", "samples", "tokens", "gen_seconds",
+                                                         "engine_idle_s")}}
 
 
 def main() -> None:
@@ -118,13 +152,15 @@ def main() -> None:
     ap.add_argument("--model", default=os.path.join(ROOT, ".cache", "tiny-model"))
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--group-size", type=int, default=8)
-    ap.add_argument("--groups-per-call", type=int, default=16)
+    ap.add_argument("--groups-in-flight", type=int, default=32, help="groups each side keeps in the engine")
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--warmup-seconds", type=float, default=10.0)
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--max-model-len", type=int, default=64)
     ap.add_argument("--max-operands", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--gpu", action="store_true", help="engine on one GPU (both runs)")
-    ap.add_argument("--cpus", type=float, default=2.0, help="CPUs of the worker actor; the bare side gets as many "
+    ap.add_argument("--cpus", type=float, default=1.0, help="CPUs of the worker actor; the bare side gets as many "
                     "threads")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
