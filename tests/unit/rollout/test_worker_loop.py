@@ -103,10 +103,11 @@ def test_weights_received_apply_before_the_next_submission_and_tag_its_tokens(vl
 def test_a_prompt_too_long_is_skipped_before_it_takes_a_slot(vllm_engine):
     long_prompt = Prompt("long", "1+" * 40 + "1=", {"answer": "41"})
     worker, buf = make_worker(vllm_engine, prompts=ListSource([long_prompt, Prompt("p", "2+3=", {"answer": "5"})]))
-    assert run_until(worker, 4) == 4  # no slot goes to the long prompt
+    run_until(worker, 4)  # no slot goes to the long prompt
     stats = buf.stats()
     assert {g.prompt_id for g in buf.pop(4, timeout_s=1).groups} == {"p"}
-    assert stats["too_long_prompts"] >= 2 and stats["running"] == 0 and stats["released"] == 0
+    assert stats["too_long_prompts"] >= 2 and stats["released"] == 0
+    assert stats["running"] == worker.stats()["groups_in_flight"]
 
 
 def test_the_pass_rate_filter_reads_the_recent_rate_under_gvm_decay(vllm_engine):
