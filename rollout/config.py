@@ -30,8 +30,8 @@ class RolloutConfig:
     top_p: float = 1.0  # must stay 1.0: the trainer scores the full softmax, not a nucleus
     # Groups this worker keeps in the engine at once (as slots free up, the admission guard allows); also how many
     # prompts are drawn and planned together (GVM spreads its sample budget over them). Keep groups_in_flight x
-    # group_size >= max_num_seqs so that the engine's running batch stays full.
-    groups_in_flight: int = 32
+    # group_size above max_num_seqs, so that requests wait in the engine's queue to take a finished one's place
+    groups_in_flight: int = 48
     max_num_seqs: int = 256  # vLLM's running-batch size (sequences decoded together)
     # How new weights enter while requests run (rollout/engine.py): keep (pause, load, resume: running requests
     # continue on their KV cache), abort (stop, load, resubmit each partial response as a prefix, re-prefilled

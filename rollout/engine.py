@@ -34,7 +34,7 @@ import numpy as np
 
 from plugins import Registry
 from rollout.config import RolloutConfig
-from rollout.token_versions import boundary_for_unlisted, token_versions
+from rollout.token_versions import token_versions
 from rollout.weight_files import WeightFiles, checkpoint_files, checkpoint_layout, layout_problems
 
 log = logging.getLogger("slipstream.engine")
@@ -64,20 +64,33 @@ class Completion:
 @dataclass
 class _Sequence:
     """One sample on its way through the engine, over as many vLLM requests as aborts make it take."""
-    key: str
+    key: str  # the vLLM request id that samples it now (a child "<i>_<group id>" of a group's n-sample request)
     prompt_ids: list[int]
     max_new_tokens: int
     start_version: int
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    switches: list = field(default_factory=list)  # (boundary or None: decided at the end, version, resumed_at)
-    request_id: str = ""
-    finished_at: float | None = None
+    switches: list[tuple[int, int]] = field(default_factory=list)  # (tokens sampled before, version after)
+    finish_reason: str = ""
 
-    def versions(self) -> np.ndarray:
-        resolved = [(boundary_for_unlisted(self.finished_at, resumed_at) if b is None else b, v)
-                    for b, v, resumed_at in self.switches]
-        return token_versions(len(self.token_ids), self.start_version, resolved)
+    def add(self, output) -> None:
+        """A vLLM CompletionOutput of this sequence's current request."""
+        self.token_ids += list(output.token_ids)
+        if output.logprobs is not None:
+            self.logprobs += [step[t].logprob for t, step in zip(output.token_ids, output.logprobs)]
+        else:
+            self.logprobs += [0.0] * len(output.token_ids)  # greedy: no sampling distribution to record
+        self.finish_reason = output.finish_reason
+
+    @property
+    def aborted(self) -> bool:
+        return self.finish_reason == "abort" and len(self.token_ids) < self.max_new_tokens
+
+    def completion(self, tokenizer) -> Completion:
+        return Completion(np.asarray(self.token_ids, np.int32), np.asarray(self.logprobs, np.float32),
+                          tokenizer.decode(self.token_ids, skip_special_tokens=True),
+                          "stop" if self.finish_reason == "stop" else "length",
+                          token_versions(len(self.token_ids), self.start_version, self.switches))
 
 
 def engine_args(model_path: str, *, max_model_len: int, seed: int, dtype: str, gpu_memory_utilization: float,
@@ -126,6 +139,7 @@ class AsyncVllmEngine:
         self._thread = threading.Thread(target=self._loop.run_forever, name="slipstream-vllm-loop", daemon=True)
         self._thread.start()
         self._llm = self._run(self._start(args), timeout=None)
+        self._run(self._llm.collective_rpc("slipstream_track_finished"), timeout=60)
 
     async def _start(self, args):
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -161,51 +175,56 @@ class AsyncVllmEngine:
         return len(self._live)
 
     async def _group(self, prompt_ids, n, max_new_tokens, temperature, top_p, seed) -> list[Completion]:
-        # seed + i: the samples of a seeded group differ from each other and repeat from one call to the next
-        return list(await asyncio.gather(*(
-            self._sample(prompt_ids, max_new_tokens, temperature, top_p, None if seed is None else seed + i)
-            for i in range(n))))
-
-    async def _sample(self, prompt_ids, max_new_tokens, temperature, top_p, seed) -> Completion:
+        """One vLLM request for the group's n samples (vLLM fans it out and prefills the prompt once); a sample
+        aborted by a weight update continues as a request of its own."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+
+        await self._open.wait()  # not while weights change
+        group_id = f"g{next(self._ids)}"
+        seqs = [_Sequence(group_id if n == 1 else f"{i}_{group_id}", prompt_ids, max_new_tokens, self.version)
+                for i in range(n)]
+        # seeded groups: vLLM derives each sample's seed from the group's, so a group repeats from one call to the next
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_new_tokens,
+                                **self._sampling_kwargs(temperature))
+        await self._request(group_id, prompt_ids, params, seqs)
+        while any(s.aborted for s in seqs):  # abort mode: on under the new weights from the partial response
+            self.counters["aborted"] += sum(s.aborted for s in seqs)
+            await asyncio.gather(*(self._resubmit(s, temperature, top_p) for s in seqs if s.aborted))
+        return [s.completion(self.tokenizer) for s in seqs]
+
+    async def _resubmit(self, seq: _Sequence, temperature: float, top_p: float) -> None:
+        from vllm import SamplingParams
+
+        await self._open.wait()
+        seq.switches.append((len(seq.token_ids), self.version))  # what comes now, the weights loaded since sample
+        seq.key = f"r{next(self._ids)}"
+        params = SamplingParams(n=1, temperature=temperature, top_p=top_p,
+                                max_tokens=seq.max_new_tokens - len(seq.token_ids), **self._sampling_kwargs(temperature))
+        await self._request(seq.key, seq.prompt_ids + seq.token_ids, params, [seq])
+
+    @staticmethod
+    def _sampling_kwargs(temperature: float) -> dict:
         from vllm.sampling_params import RequestOutputKind
 
-        seq = _Sequence(key=f"s{next(self._ids)}", prompt_ids=prompt_ids, max_new_tokens=max_new_tokens,
-                        start_version=-1)
-        finish = "abort"
-        for attempt in itertools.count():
-            await self._open.wait()  # not while weights change
-            if attempt == 0:
-                seq.start_version = self.version
-            else:  # resubmitted after an abort: what comes now is sampled by the weights loaded since
-                seq.switches.append((len(seq.token_ids), self.version, 0.0))
-            params = SamplingParams(n=1, temperature=temperature, top_p=top_p, seed=seed, detokenize=False,
-                                    max_tokens=max_new_tokens - len(seq.token_ids),
-                                    logprobs=0 if temperature > 0 else None,
-                                    output_kind=RequestOutputKind.FINAL_ONLY)
-            seq.request_id = f"{seq.key}.{attempt}"
-            prompt = TokensPrompt(prompt_token_ids=prompt_ids + seq.token_ids, cache_salt=f"v{self.version}")
-            self._live[seq.request_id] = seq
-            try:
-                async for out in self._llm.generate(prompt, params, request_id=seq.request_id):
-                    final = out.outputs[0]
-            finally:
-                del self._live[seq.request_id]
-            seq.token_ids += list(final.token_ids)
-            if final.logprobs is not None:
-                seq.logprobs += [step[t].logprob for t, step in zip(final.token_ids, final.logprobs)]
-            else:
-                seq.logprobs += [0.0] * len(final.token_ids)  # greedy: no sampling distribution to record
-            finish = final.finish_reason
-            if finish != "abort" or len(seq.token_ids) >= max_new_tokens:
-                break
-            self.counters["aborted"] += 1  # abort mode: go on under the new weights from the partial response
-        seq.finished_at = time.monotonic()
-        ids = np.asarray(seq.token_ids, np.int32)
-        return Completion(ids, np.asarray(seq.logprobs, np.float32),
-                          self.tokenizer.decode(seq.token_ids, skip_special_tokens=True),
-                          "stop" if finish == "stop" else "length", seq.versions())
+        # the final output only (one Python object per request, not per token), no detokenizing in the engine
+        return {"logprobs": 0 if temperature > 0 else None, "detokenize": False,
+                "output_kind": RequestOutputKind.FINAL_ONLY}
+
+    async def _request(self, request_id: str, prompt_ids: list[int], params, seqs: list[_Sequence]) -> None:
+        """Run one vLLM request for `seqs` (its n samples, in order) and add its outputs to them."""
+        from vllm.inputs import TokensPrompt
+
+        prompt = TokensPrompt(prompt_token_ids=prompt_ids, cache_salt=f"v{self.version}")
+        for s in seqs:
+            self._live[s.key] = s
+        try:
+            async for out in self._llm.generate(prompt, params, request_id=request_id):
+                final = out
+        finally:
+            for s in seqs:
+                del self._live[s.key]
+        for s, output in zip(seqs, sorted(final.outputs, key=lambda o: o.index)):
+            s.add(output)
 
     # -- weights ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -260,16 +279,17 @@ class AsyncVllmEngine:
             self.counters["pause_seconds"] += time.perf_counter() - t0
 
     def _mark_switch(self, version: int, sampled: dict[str, int] | None) -> None:
-        """Record, for each sequence still running under the old weights, where the new version starts in it."""
-        resumed_at = time.monotonic()  # nothing is sampled before the resume that follows
-        if sampled is None and self._live and self.mode == "keep":
+        """Record, for each sequence running through a keep-mode update, where the new version starts in it."""
+        if self.mode != "keep" or not self._live:
+            return  # abort: resubmissions record their own switch; between: nothing runs
+        if sampled is None:
             log.warning("the vLLM model runner does not report sampled tokens: the %d requests running through "
                         "this update are tagged with their start version throughout", len(self._live))
-        by_request = {rid.rsplit("-", 1)[0]: n for rid, n in (sampled or {}).items()}  # vLLM adds "-<random>"
-        for rid, seq in self._live.items():
-            if self.mode == "keep" and sampled is not None:
-                seq.switches.append((len(seq.token_ids) + by_request[rid] if rid in by_request else None,
-                                     version, resumed_at))
+            return
+        by_key = {rid.rsplit("-", 1)[0]: n for rid, n in sampled.items()}  # vLLM appends "-<random>" to our ids
+        for key, seq in self._live.items():
+            # a request the worker does not know has not been scheduled yet: nothing sampled under the old weights
+            seq.switches.append((len(seq.token_ids) + by_key.get(key, 0), version))
 
     async def _timed(self, awaitable, what: str):
         try:

@@ -4,10 +4,10 @@ A sequence starts under `start` and records one switch per weight update it was 
 before the update, version after it). Tokens before a switch's boundary belong to the versions before it.
 
 Where the boundary comes from (rollout/engine.py): at a `keep` update the engine is paused, and the vLLM worker
-reports how many tokens each of its requests has sampled; that count is exact. A request the worker does not
-hold has either not been scheduled yet (boundary 0) or finished before the pause; the engine tells them apart by
-when the final output arrived (`boundary_for_unlisted`): nothing is sampled while the engine is paused, so an
-output that arrived before the resume was sampled under the old weights.
+reports how many tokens each request has sampled, those still running and those that finished since the last
+update alike (the runner forgets a finished request only at its next step); the count is exact. A request it does
+not report has not been scheduled yet: boundary 0. At an `abort` update the boundary is the length of the partial
+response that is resubmitted.
 """
 from __future__ import annotations
 
@@ -24,8 +24,3 @@ def token_versions(length: int, start: int, switches: list[tuple[int, int]]) -> 
         out[min(max(boundary, 0), length):] = version
     return out
 
-
-def boundary_for_unlisted(finished_at: float | None, resumed_at: float) -> int:
-    """The boundary of a request the paused worker did not list: all of it old if its final output arrived before
-    the engine resumed (`finished_at`, monotonic seconds; None while it is still running), else none of it."""
-    return ALL if finished_at is not None and finished_at < resumed_at else 0

@@ -32,6 +32,25 @@ def _tensors(paths: list[str], fail_after: int | None = None):
                 loaded += 1
 
 
+class _FinishedTracking(dict):
+    """The model runner's request states, remembering how many tokens each request had sampled when it left (the
+    runner drops a finished request only at its next step, and a paused engine must account for those too)."""
+
+    CAP = 100_000  # between two weight updates; the oldest are forgotten beyond this
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.finished: dict[str, int] = {}
+
+    def pop(self, key, *default):
+        state = super().pop(key, *default)
+        if state is not None and hasattr(state, "output_token_ids"):
+            self.finished[key] = len(state.output_token_ids)
+            if len(self.finished) > self.CAP:
+                self.finished.pop(next(iter(self.finished)))
+        return state
+
+
 class WeightLoaderExtension:
     def slipstream_load_weights(self, paths: list[str], fallback: list[str], fail_after: int | None = None) -> int:
         """Load the tensors of the files at `paths`. If loading fails part-way, the weights of `fallback` (the
@@ -46,13 +65,25 @@ class WeightLoaderExtension:
         self._retie_lm_head()
         return len(paths)
 
-    def slipstream_sampled_tokens(self) -> dict[str, int] | None:
-        """Tokens sampled so far by each request this worker holds (vLLM request ids), or None where the model
-        runner does not expose them. Asked while the engine is paused, so the counts are final."""
+    def slipstream_track_finished(self) -> bool:
+        """Called once at start-up: keep the sampled-token counts of requests as they finish."""
         requests = getattr(self.model_runner, "requests", None)
         if not isinstance(requests, dict):
+            return False
+        if not isinstance(requests, _FinishedTracking):
+            self.model_runner.requests = _FinishedTracking(requests)
+        return True
+
+    def slipstream_sampled_tokens(self) -> dict[str, int] | None:
+        """Tokens sampled by each request (vLLM request ids) that runs now or finished since the last call, or None
+        where the model runner does not expose them. Asked while the engine is paused, so the counts are final."""
+        requests = getattr(self.model_runner, "requests", None)
+        if not isinstance(requests, _FinishedTracking):
             return None
-        return {req_id: len(state.output_token_ids) for req_id, state in requests.items()}
+        counts = dict(requests.finished)
+        requests.finished.clear()
+        counts.update({req_id: len(state.output_token_ids) for req_id, state in requests.items()})
+        return counts
 
     def slipstream_stall(self, seconds: float) -> None:
         """Block this worker (and so the engine's step loop) for `seconds`: the fault-injection tests use it to make

@@ -4,7 +4,8 @@ and a reward scorer (rollout/actor.py builds them from config and runs this as a
 Continuous generation: the worker keeps `rollout.groups_in_flight` groups in the engine. One turn of the loop
 (`step`): apply any weights received (the engine swaps them under the requests in flight, rollout/engine.py) ->
 ask the admission guard for as many group slots as are free -> submit one group per slot -> wait a moment for
-groups to finish -> score the finished ones (the reward scorer, on this thread, never the engine's) -> push them.
+groups to finish -> submit their successors -> score the finished ones (the reward scorer, on this thread, never
+the engine's) -> push them.
 No group waits for another: each is pushed the turn its last sample finishes. `run` turns until `stop`; it never
 waits for the trainer except through the admission guard.
 
@@ -153,8 +154,11 @@ class RolloutWorker:
         done, _ = wait([g.future for g in self._in_flight], timeout=self.cfg.idle_sleep_s if wait_s is None
                        else wait_s, return_when=FIRST_COMPLETED)
         finished = [g for g in self._in_flight if g.future in done]
+        if not finished:
+            return 0
         self._in_flight = [g for g in self._in_flight if g.future not in done]
-        return self._push(finished) if finished else 0
+        self._fill()  # their successors enter the engine before this thread scores and pushes them
+        return self._push(finished)
 
     def _track_idle(self) -> None:
         """engine_idle_s: wall-clock during which the engine ran no request of this worker's (what a synchronous

@@ -152,7 +152,7 @@ def main() -> None:
     ap.add_argument("--model", default=os.path.join(ROOT, ".cache", "tiny-model"))
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--group-size", type=int, default=8)
-    ap.add_argument("--groups-in-flight", type=int, default=32, help="groups each side keeps in the engine")
+    ap.add_argument("--groups-in-flight", type=int, default=48, help="groups each side keeps in the engine")
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--warmup-seconds", type=float, default=10.0)
     ap.add_argument("--max-new-tokens", type=int, default=8)

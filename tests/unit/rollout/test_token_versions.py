@@ -1,7 +1,7 @@
 """Per-token versions of a sequence that lived through weight updates (rollout/token_versions.py), by hand."""
 from __future__ import annotations
 
-from rollout.token_versions import ALL, boundary_for_unlisted, token_versions
+from rollout.token_versions import ALL, token_versions
 
 
 def test_no_update_tags_every_token_with_the_start_version():
@@ -18,10 +18,3 @@ def test_boundaries_past_either_end_are_clipped():
     assert token_versions(3, 1, [(0, 2)]).tolist() == [2, 2, 2]  # not scheduled before it
     assert token_versions(0, 1, [(0, 2)]).tolist() == []
 
-
-def test_a_request_the_paused_worker_did_not_list():
-    # its final output arrived before the resume: all of it was sampled under the old weights
-    assert boundary_for_unlisted(finished_at=10.0, resumed_at=10.5) == ALL
-    # arrived after the resume, or still running: it had not been scheduled, so none of it was
-    assert boundary_for_unlisted(finished_at=11.0, resumed_at=10.5) == 0
-    assert boundary_for_unlisted(finished_at=None, resumed_at=10.5) == 0
