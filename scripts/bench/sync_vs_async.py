@@ -71,6 +71,11 @@ def main() -> None:
              **measure(steps, summary, args.skip)}
         print(json.dumps(r), flush=True)
         results.append(r)
+        write(args, results)  # after every setting: a run cut short by a time limit keeps what it measured
+    print(f"wrote {args.out}")
+
+
+def write(args, results: list[dict]) -> None:
     sync = next((r for r in results if r["eta"] == 0), None)
     for r in results:
         r["speedup_vs_sync"] = round(r["groups_per_minute"] / sync["groups_per_minute"], 2) if sync else None
@@ -80,7 +85,6 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "runs": results}, f, indent=1)
-    print(f"wrote {args.out}")
 
 
 def machine(gpu: bool) -> str:

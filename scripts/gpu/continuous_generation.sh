@@ -23,6 +23,6 @@ elif [ "$stage" = sync_async ]; then
     --runs-dir /tmp/sync_vs_async \
     rollout.gpus_per_worker=0.5 rollout.gpu_memory_utilization=0.35 rollout.dtype=bfloat16 \
     rollout.max_new_tokens=512 rollout.max_model_len=576 rollout.groups_in_flight=32 rollout.cpus_per_worker=4 \
-    trainer.gpus_per_rank=0.5 trainer.dtype=bfloat16 buffer.groups_per_step=16 task.held_out_size=64 \
+    trainer.gpus_per_rank=0.5 trainer.dtype=bfloat16 trainer.micro_batches=8 buffer.groups_per_step=16 task.held_out_size=64 \
     run.eval_samples=0 run.eval_max_new_tokens=8
 fi
