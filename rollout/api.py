@@ -43,6 +43,9 @@ class Engine(Protocol):
         """Hugging Face names -> tensors, loaded while requests run (by rollout.weight_update); raises
         WeightUpdateError if they could not be, the old weights still loaded."""
 
+    def in_flight(self) -> int:
+        """Samples being generated now (0: the engine is idle)."""
+
     def hold_weights(self) -> AbstractContextManager:
         """A block during which no weight update happens (an update waits for its end)."""
 

@@ -52,8 +52,8 @@ class RolloutConfig:
     max_pass_rate: float = 1.0  # stop sampling prompts whose pass rate is above this (1.0 = never)
     pass_rate_min_attempts: int = 16  # ... once they have at least this many attempts
     pass_threshold: float = 1.0  # a sample with reward >= this counts as a pass in the per-prompt statistics
-    # Samples per prompt: "uniform" (group_size each) or "gvm" (the same budget per generate call, split by
-    # GVM from the shared per-prompt statistics). Admission counts groups either way.
+    # Samples per prompt: "uniform" (group_size each) or "gvm" (the same budget over each groups_in_flight prompts
+    # planned together, split by GVM from the shared per-prompt statistics). Admission counts groups either way.
     allocation: str = "uniform"
     gvm: GvmConfig = field(default_factory=GvmConfig)
 

@@ -1,8 +1,8 @@
-"""How many samples each prompt of a generate call gets: uniform, or GVM from the shared statistics.
+"""How many samples each prompt of a plan gets: uniform, or GVM from the shared statistics.
 
-Pure: takes the statistics read from Redis and returns counts. The budget of a call is
-(groups granted by the admission guard) x group_size samples, so GVM redistributes samples between the
-prompts of one call and never spends more than uniform would; the admission guard keeps counting groups.
+Pure: takes the statistics read from Redis and returns counts. The worker plans rollout.groups_in_flight prompts
+at a time; the budget of a plan is (its prompts) x group_size samples, so GVM redistributes samples between the
+prompts of one plan and never spends more than uniform would; the admission guard keeps counting groups.
 """
 from __future__ import annotations
 

@@ -84,6 +84,19 @@ def test_an_update_lands_mid_sequence_and_tokens_carry_the_version_that_sampled_
     assert vllm_engine.stats()["aborted"] > 0 or mode == "keep"
 
 
+def test_between_mode_lets_running_requests_finish_under_the_old_weights(vllm_engine, weights):
+    _, _, b = weights
+    vllm_engine.mode = "between"
+    ids = prompts(vllm_engine)
+    under_a = greedy(vllm_engine, ids)
+    completions, old, new = update_in_flight(vllm_engine, ids, b)
+    assert [c.token_ids.tolist() for c in completions] == [a.token_ids.tolist() for a in under_a]
+    assert all(set(c.token_versions.tolist()) == {old} for c in completions)  # one version per sample
+    after = greedy(vllm_engine, ids)
+    assert all(set(c.token_versions.tolist()) == {new} for c in after)
+    assert [c.token_ids.tolist() for c in after] != [a.token_ids.tolist() for a in under_a]
+
+
 @pytest.mark.parametrize("mode", ["keep", "abort"])
 def test_behaviour_logprobs_are_those_the_sampler_drew_from_across_an_update(vllm_engine, weights, tiny_model_path,
                                                                              mode):
