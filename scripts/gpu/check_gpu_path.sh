@@ -19,7 +19,7 @@ MODEL=/tmp/qwen2-0.5b-random
 if [ "$stage" = scale_rollout ] || [ "$stage" = scale_trainer ]; then
   [ -f $MODEL/config.json ] || step model python scripts/gpu/make_random_model.py --out $MODEL
   [ "$stage" = scale_rollout ] && step scale_rollout timeout 420 python scripts/bench/rollout_vs_engine.py --gpu --cpus 4 \
-    --model $MODEL --max-new-tokens 256 --max-model-len 320 --groups-per-call 64 --seconds 45 \
+    --model $MODEL --max-new-tokens 256 --max-model-len 320 --groups-in-flight 64 --seconds 45 \
     --gpu-memory-utilization 0.4 --dtype bfloat16 --out "$OUT/rollout_vs_engine_0.5b.json"
   [ "$stage" = scale_trainer ] && step scale_trainer timeout 300 python scripts/bench/prox_forward.py --gpu \
     --dtype bfloat16 --model $MODEL --groups 32 --group-size 8 --max-response 256 --steps 20 --micro-batches 8 \
