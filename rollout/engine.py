@@ -105,6 +105,7 @@ def engine_args(model_path: str, *, max_model_len: int, seed: int, dtype: str, g
         model=model_path, max_model_len=max_model_len, seed=seed, dtype=dtype, max_num_seqs=max_num_seqs,
         gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
         tensor_parallel_size=tensor_parallel_size, logprobs_mode="processed_logprobs",  # after temperature
+        disable_log_stats=True,  # the run logs its own metrics; vLLM's per-step stats cost the client CPU
         worker_extension_cls="rollout.vllm_extension.WeightLoaderExtension",
         # one device: the model runs inside the engine-core process (on CPU only with
         # VLLM_ENABLE_V1_MULTIPROCESSING=0, set by the engine), not in a worker process whose message queues
