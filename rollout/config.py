@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+WEIGHT_UPDATE_MODES = ("keep", "abort", "between")  # rollout.weight_update (rollout/engine.py)
+
 
 @dataclass
 class GvmConfig:
@@ -112,8 +114,8 @@ def problems(rollout: RolloutConfig, data: DataConfig) -> list[str]:
                          f"sampling)"),
         (0.0 < r.max_pass_rate <= 1.0, "rollout.max_pass_rate must be in (0, 1] (1 = no filter)"),
         (r.allocation in ("uniform", "gvm"), f"rollout.allocation={r.allocation!r}: one of uniform, gvm"),
-        (r.weight_update in ("keep", "abort", "between"),
-         f"rollout.weight_update={r.weight_update!r}: one of keep, abort, between"),
+        (r.weight_update in WEIGHT_UPDATE_MODES,
+         f"rollout.weight_update={r.weight_update!r}: one of {', '.join(WEIGHT_UPDATE_MODES)}"),
         (r.groups_in_flight >= 1, f"rollout.groups_in_flight={r.groups_in_flight}: must be >= 1"),
         (r.update_timeout_s > 0, f"rollout.update_timeout_s={r.update_timeout_s}: must be > 0"),
     ]

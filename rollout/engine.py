@@ -2,9 +2,8 @@
 
 Only this module imports vLLM. AsyncLLM runs on an asyncio loop in a thread of its own; callers on any thread
 `submit` prompts and get a Future per prompt that completes when its last sample finishes, so a worker keeps the
-engine's running batch full and handles each group the moment it is done. Every sample is its own vLLM request
-(n = 1): a request can then be aborted and resubmitted alone, and the prompt is prefilled once for the group all
-the same, through the prefix cache.
+engine's running batch full and handles each group the moment it is done. A group is one vLLM request of n samples
+(vLLM fans it out and prefills the prompt once); a sample that an abort cuts short goes on as a request of its own.
 
 New weights enter while requests run (`rollout.weight_update`):
 - keep: pause the scheduler with requests frozen in place, load, resume: they continue on their old KV cache
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from plugins import Registry
-from rollout.config import RolloutConfig
+from rollout.config import WEIGHT_UPDATE_MODES, RolloutConfig
 from rollout.token_versions import token_versions
 from rollout.weight_files import WeightFiles, checkpoint_files, checkpoint_layout, layout_problems
 
@@ -41,7 +40,6 @@ log = logging.getLogger("slipstream.engine")
 
 # name -> factory `(model_path, rollout: RolloutConfig, *, seed, version) -> Engine` (rollout.api.Engine)
 ENGINES: Registry = Registry("engine", "rollout.engine")
-WEIGHT_UPDATE_MODES = ("keep", "abort", "between")
 
 
 class EngineError(RuntimeError):
@@ -269,7 +267,8 @@ class AsyncVllmEngine:
                     await asyncio.sleep(0.005)
             await self._timed(self._llm.pause_generation(mode="abort" if self.mode == "abort" else "keep",
                                                          clear_cache=False), "pause")
-            sampled = await self._timed(self._llm.collective_rpc("slipstream_sampled_tokens"), "token count")
+            sampled = (await self._timed(self._llm.collective_rpc("slipstream_sampled_tokens"), "token count")
+                       if self.mode == "keep" else None)  # abort and between record their own boundaries
             await self._timed(self._llm.collective_rpc(
                 "slipstream_load_weights", args=([path], self._loaded_files, fail_after)), "load")
             self._mark_switch(version, sampled[0] if sampled else None)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-ALL = 1 << 30  # a boundary past any sequence's end: every token was sampled before the update
-
 
 def token_versions(length: int, start: int, switches: list[tuple[int, int]]) -> np.ndarray:
     """int32 [length]: the version of each token, given the start version and the (boundary, version) switches
