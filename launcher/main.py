@@ -35,7 +35,8 @@ def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
         trainers = _start_trainers(cfg, cleanup)
         import ray
 
-        ray.get(trainers[0].set_transport.remote(cfg.trainer.weight_transport, workers),
+        ray.get(trainers[0].set_transport.remote(cfg.trainer.weight_transport, workers,
+                                                 os.path.join(os.path.abspath(run_dir), "weights")),
                 timeout=cfg.run.call_timeout_s)
         try:
             return TrainingLoop(cfg, buffer, workers, trainers, run_dir, evaluation).run()

@@ -43,6 +43,9 @@ class Engine(Protocol):
         """Hugging Face names -> tensors, loaded while requests run (by rollout.weight_update); raises
         WeightUpdateError if they could not be, the old weights still loaded."""
 
+    def load_weights_from(self, version: int, weights: dict) -> None:
+        """load_weights for a weight transport's message of kind files, cuda_ipc or nccl (trainer/weight_sync.py)."""
+
     def in_flight(self) -> int:
         """Samples being generated now (0: the engine is idle)."""
 
@@ -67,8 +70,19 @@ class PromptSource(Protocol):
 class WeightReceiver(Protocol):
     """What a weight transport delivers to (as a Ray actor handle: `receive_weights.remote(...)`)."""
 
-    def receive_weights(self, version: int, named_arrays: dict) -> None:
-        """Stash the weights of `version` (Hugging Face names -> numpy arrays); the worker's loop loads them."""
+    def receive_weights(self, version: int, weights: dict) -> None:
+        """The weights of `version` as the transport's message (trainer/weight_sync.py lists the kinds: arrays,
+        files, cuda_ipc, nccl). Returns once this worker holds them (arrays, files: the loop loads them) or has
+        loaded them (cuda_ipc, nccl); raises if it cannot, its engine still on its old weights."""
+
+    def gpu_uuid(self) -> str:
+        """The GPU of this worker's engine (cuda_ipc checks it is the trainer rank's)."""
+
+    def weight_group_size(self) -> int:
+        """How many ranks this worker's engine brings to the NCCL weight group (its tensor-parallel size)."""
+
+    def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int) -> None:
+        """Join trainer rank 0's NCCL weight group as ranks first_rank.. (returns once joined)."""
 
 
 __all__ = ["ALLOCATION_RULES", "ENGINES", "PROMPT_SOURCES", "Completion", "DataConfig", "DataError", "Engine", "EngineError",

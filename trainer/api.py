@@ -6,8 +6,8 @@ Plugin points, each a registry resolving a registered name or a dotted path (plu
   resulting `LossFn` to `TrainerRank.update` / `train_batch`;
 - ADVANTAGES (`trainer.advantage.name`): sequence-level `(rewards [B], group_ids [B], cfg) -> [B]` over the whole
   batch, or token-level with a critic (`uses_critic = True`): `(token_rewards, values, mask, cfg) -> (adv, returns)`;
-- TRANSPORTS (`trainer.weight_transport`): a `WeightTransport` class taking the receivers (rollout.api.WeightReceiver
-  actor handles, never imported).
+- TRANSPORTS (`trainer.weight_transport`): a `WeightTransport` class `(receivers, TransportOptions)`, the receivers
+  being rollout.api.WeightReceiver actor handles (never imported); built in: store, disk, cuda_ipc, nccl.
 `TrainerRank` is the Ray actor; its step phases return a `StepResult` per rank, `merge_step_results` the step's.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ from trainer.losses import POLICY_LOSSES, LossFn, LossStats, PolicyLossParams, m
 from trainer.rank import NonFiniteLoss, TrainerRank
 from trainer.step_result import StepResult
 from trainer.step_result import merge as merge_step_results
-from trainer.weight_sync import TRANSPORTS, WeightTransport
+from trainer.weight_sync import TRANSPORTS, Buckets, TransportOptions, WeightSyncError, WeightTransport
 
-__all__ = ["ADVANTAGES", "POLICY_LOSSES", "TRANSPORTS", "AdvantageConfig", "CriticConfig", "LossConfig", "LossFn",
-           "LossStats", "NonFiniteLoss", "PolicyLossParams", "StepResult", "TrainerConfig", "TrainerRank",
-           "WeightTransport", "make_policy_loss", "merge_step_results", "problems", "uses_critic"]
+__all__ = ["ADVANTAGES", "POLICY_LOSSES", "TRANSPORTS", "AdvantageConfig", "Buckets", "CriticConfig", "LossConfig",
+           "LossFn", "LossStats", "NonFiniteLoss", "PolicyLossParams", "StepResult", "TrainerConfig", "TrainerRank",
+           "TransportOptions", "WeightSyncError", "WeightTransport", "make_policy_loss", "merge_step_results",
+           "problems", "uses_critic"]

@@ -52,7 +52,14 @@ class TrainerConfig:
     cpus_per_rank: float = 1.0  # Ray CPUs per rank; on CPU also torch's threads
     gpus_per_rank: float = 0.0  # Ray GPUs per rank (0: CPU with gloo; a fraction shares a GPU with an engine)
     dtype: str = "float32"  # float32 | bfloat16 (GPU)
-    weight_transport: str = "store"  # store (Ray object store), or a dotted path (trainer/api.py, TRANSPORTS)
+    # how new weights reach the engines (trainer/weight_sync.py): store (Ray object store: CPU, tests, small
+    # models) | disk (safetensors under weight_dir) | cuda_ipc (engines on the trainer rank's GPU) | nccl
+    # (broadcast to engines on other GPUs or nodes) | a dotted path (trainer/api.py, TRANSPORTS)
+    weight_transport: str = "store"
+    weight_bucket_mb: int = 1024  # weights move in buckets of about this size (ZeRO-3 gathers one at a time)
+    weight_sync_timeout_s: float = 120.0  # per update: a receiver that does not acknowledge in time is an error
+    weight_dir: str = ""  # disk transport: a directory every node shares (default: <run dir>/weights)
+    weight_keep_versions: int = 3  # disk transport: version directories kept
     # Per-prompt gradient-norm estimate written back for GVM allocation: none | proxy | exact (trainer/grad_norms.py)
     grad_norm_estimate: str = "none"
     # pi_prox: "grad_pass" takes it from the gradient pass (exact: the weights change only after the last
@@ -78,6 +85,12 @@ def problems(cfg: TrainerConfig) -> list[str]:
         (cfg.mini_batches_per_step >= 1, f"trainer.mini_batches_per_step={cfg.mini_batches_per_step}: must be >= 1"),
         (cfg.zero_stage in (0, 1, 2, 3), f"trainer.zero_stage={cfg.zero_stage}: one of 0, 1, 2, 3"),
         (cfg.lr > 0, "trainer.lr must be > 0"),
+        (cfg.weight_bucket_mb >= 1, f"trainer.weight_bucket_mb={cfg.weight_bucket_mb}: must be >= 1 (MiB)"),
+        (cfg.weight_sync_timeout_s > 0, "trainer.weight_sync_timeout_s must be > 0 (seconds)"),
+        (cfg.weight_keep_versions >= 1, "trainer.weight_keep_versions must be >= 1"),
+        (cfg.weight_transport not in ("cuda_ipc", "nccl") or cfg.gpus_per_rank > 0,
+         f"trainer.weight_transport={cfg.weight_transport} moves weights between GPUs: it needs "
+         "trainer.gpus_per_rank > 0 (on CPU use store or disk)"),
         (cfg.dtype in ("float32", "bfloat16"), "trainer.dtype: float32 or bfloat16"),
         (loss.aggregation in AGGREGATIONS,
          f"trainer.loss.aggregation={loss.aggregation!r}: one of {', '.join(AGGREGATIONS)}"),

@@ -17,7 +17,8 @@ Invariants:
   the first invariant, pi_prox is exactly `logp.detach()` of the gradient pass (the weights change only after
   the last micro-batch), so a separate no-grad policy forward runs only when the advantages need pi_prox
   before the update (KL folded into the reward) or when `trainer.prox_forward=separate` asks for it;
-- `named_weights` is collective under ZeRO-3 (every rank must call it): parameters are gathered one by one.
+- `weight_buckets` is collective under ZeRO-3 (every rank must iterate it): parameters are gathered a bucket at a
+  time.
 """
 from __future__ import annotations
 
@@ -132,10 +133,14 @@ class TrainerRank:
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         return engine
 
-    def set_transport(self, name: str, receivers: list) -> None:
-        from trainer.weight_sync import make_transport
+    def set_transport(self, name: str, receivers: list, weight_dir: str = "") -> None:
+        """Rank 0's transport to the rollout workers (`weight_dir`: the disk transport's default directory)."""
+        from trainer.weight_sync import TransportOptions, make_transport
 
-        self.transport = make_transport(name, receivers)
+        cfg = self.cfg
+        self.transport = make_transport(name, receivers, TransportOptions(
+            timeout_s=cfg.weight_sync_timeout_s, weight_dir=cfg.weight_dir or weight_dir,
+            keep_versions=cfg.weight_keep_versions))
 
     def _slices(self, n: int) -> list[slice]:
         """Exactly cfg.micro_batches slices (some may be empty), so every rank steps the same number of times."""
@@ -373,23 +378,38 @@ class TrainerRank:
             self.critic.step()
         return total
 
-    def named_weights(self):
-        """Yield (Hugging Face name, full tensor); collective under ZeRO-3."""
-        import deepspeed
+    def weight_buckets(self) -> "Buckets":
+        """The policy's weights as Hugging Face names -> full tensors in the training dtype, in buckets of about
+        trainer.weight_bucket_mb; collective under ZeRO-3 (every rank iterates: each bucket's shards are gathered
+        together, and released when the next bucket is asked for)."""
+        from trainer.weight_sync import Buckets, plan_buckets
 
-        for name, param in self.engine.module.named_parameters():
-            if hasattr(param, "ds_id"):  # ZeRO-3 shard: gather the full tensor on every rank
-                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    yield name, param.data.detach().clone()
-            else:
-                yield name, param.data.detach()
+        params = list(self.engine.module.named_parameters())
+        shapes = [tuple(p.ds_shape) if hasattr(p, "ds_id") else tuple(p.shape) for _, p in params]
+        sizes = [p.element_size() * int(torch.Size(s).numel()) for (_, p), s in zip(params, shapes)]
+        plan = plan_buckets(sizes, self.cfg.weight_bucket_mb * 2**20)
+        layout = [[(params[i][0], str(params[i][1].dtype).removeprefix("torch."), shapes[i]) for i in idx]
+                  for idx in plan]
+
+        def produce():
+            import deepspeed
+
+            for idx in plan:
+                bucket = [params[i] for i in idx]
+                if any(hasattr(p, "ds_id") for _, p in bucket):  # ZeRO-3 shards: gather the bucket at once
+                    with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
+                        yield [(name, p.data.detach()) for name, p in bucket]
+                else:
+                    yield [(name, p.data.detach()) for name, p in bucket]
+
+        return Buckets(layout, produce)
 
     def send_weights(self, version: int) -> dict:
         t0 = time.perf_counter()
         if self.rank == 0:
-            nbytes = self.transport.send(version, self.named_weights())
+            nbytes = self.transport.send(version, self.weight_buckets())
         else:
-            for _ in self.named_weights():  # take part in the ZeRO-3 gathers
+            for _ in self.weight_buckets():  # take part in the ZeRO-3 gathers
                 pass
             nbytes = 0
         return {"seconds": time.perf_counter() - t0, "bytes": nbytes}

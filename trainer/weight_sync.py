@@ -1,27 +1,126 @@
 """Sending new weights from the trainer to the generators: one small interface, one class per transport.
 
-Contract with the receivers (rollout workers, reached as Ray actor handles, never imported):
-`receiver.receive_weights.remote(version, named_arrays)` where `named_arrays` maps Hugging Face parameter
-names to numpy arrays. `send` returns once every receiver holds the new weights, so that the trainer may
-then bump the policy version; receivers load them between their own generation steps.
+Contract with the receivers (rollout workers, reached as Ray actor handles, never imported; rollout/api.py
+`WeightReceiver` holds the other side): `receiver.receive_weights.remote(version, weights)` where `weights` is a
+plain dict whose "kind" names the transport:
+  {"kind": "arrays", "arrays": {name: ndarray}, "dtypes": {name: dtype}}  store: in the object store; bfloat16
+                                                                      travels as its int16 bits (numpy has no bf16)
+  {"kind": "files", "paths": [...]}                                   disk: safetensors files every node reads
+  {"kind": "cuda_ipc", "blob": bytes, "layout": {name: shape}}        cuda_ipc: CUDA IPC handles of the trainer's
+                                                                      staging buffers, same GPU only
+  {"kind": "nccl", "buckets": [[(name, dtype, shape), ...], ...]}     nccl: announced; the tensors follow as one
+                                                                      broadcast per bucket
+Names are Hugging Face parameter names; tensors keep the training dtype (no float32 round trip). `send` returns
+only once every receiver has acknowledged: it holds the weights (store, disk) or has loaded them (cuda_ipc and
+nccl, whose buffers are reused or streamed), so the trainer may then bump the policy version. A receiver that
+fails or does not answer within `trainer.weight_sync_timeout_s` is a WeightSyncError naming it.
+
+Weights arrive in buckets of about `trainer.weight_bucket_mb` (TrainerRank.weight_buckets gathers each bucket's
+ZeRO-3 shards at once); on the GPU a bucket's copy or broadcast is queued on the stream, so the next bucket is
+gathered while the last one is still moving.
 """
 from __future__ import annotations
 
 import abc
-from typing import Iterable
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
 
 import torch
 
 from plugins import Registry
 
-# name -> transport class `(receivers: list[rollout.api.WeightReceiver handles]) -> WeightTransport`
+# name -> transport class `(receivers: list[rollout.api.WeightReceiver handles], options: TransportOptions)`
 TRANSPORTS: Registry = Registry("weight transport", "trainer.weight_transport")
+
+Bucket = list[tuple[str, torch.Tensor]]
+
+
+class WeightSyncError(RuntimeError):
+    """The weights of a version did not reach every receiver; the policy version must not bump."""
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    timeout_s: float = 120.0  # per acknowledgement
+    weight_dir: str = ""  # disk: where the version directories go (a file system every node shares)
+    keep_versions: int = 3  # disk: version directories kept (a lagging worker still finds the one it was sent)
 
 
 class WeightTransport(abc.ABC):
+    def __init__(self, receivers: list, options: TransportOptions):
+        self.receivers, self.options = receivers, options
+
     @abc.abstractmethod
-    def send(self, version: int, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+    def send(self, version: int, buckets: Buckets) -> int:
         """Deliver the weights of `version` to every receiver; returns the bytes sent to one receiver."""
+
+    def _await(self, refs: list, version: int, what: str = "acknowledge") -> list:
+        """Every receiver's answer, or a WeightSyncError naming the first that failed or did not answer."""
+        return await_receivers(refs, self.options.timeout_s, f"{what} the weights of version {version}")
+
+
+def await_receivers(refs: list, timeout_s: float, what: str) -> list:
+    import ray
+
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    if pending:
+        late = ", ".join(str(refs.index(r)) for r in pending)
+        raise WeightSyncError(f"rollout worker(s) {late} did not {what} within trainer.weight_sync_timeout_s="
+                              f"{timeout_s:g}s; the version does not bump")
+    out = []
+    for i, ref in enumerate(refs):
+        try:
+            out.append(ray.get(ref))
+        except Exception as e:  # the receiver raised: it serves its old weights (rollout/api.py)
+            raise WeightSyncError(f"rollout worker {i} could not {what}: {e}") from e
+    return out
+
+
+def plan_buckets(sizes: list[int], bucket_bytes: int) -> list[list[int]]:
+    """Indices of consecutive tensors grouped so that each group holds at most `bucket_bytes` (a tensor larger than
+    that is a bucket of its own); the order is kept."""
+    buckets, current, filled = [], [], 0
+    for i, size in enumerate(sizes):
+        if current and filled + size > bucket_bytes:
+            buckets.append(current)
+            current, filled = [], 0
+        current.append(i)
+        filled += size
+    return buckets + [current] if current else buckets
+
+
+def pack_layout(specs: list[tuple[str, str, tuple]], align: int = 256) -> tuple[list[tuple], int]:
+    """Where each tensor of a bucket, given as (name, dtype name, shape), sits in one flat byte buffer:
+    (name, dtype, shape, offset, nbytes) per tensor, offsets aligned so that every view is aligned for its dtype,
+    and the buffer's size."""
+    entries, offset = [], 0
+    for name, dtype, shape in specs:
+        nbytes = getattr(torch, dtype).itemsize * int(torch.Size(shape).numel())
+        entries.append((name, dtype, tuple(shape), offset, nbytes))
+        offset += -(-nbytes // align) * align
+    return entries, offset
+
+
+class Buckets:
+    """The weights of one version, bucket by bucket. `layout` ((name, dtype, shape) per tensor, per bucket) is known
+    before any tensor exists; iterating yields each bucket's (name, tensor) pairs (TrainerRank gathers them then)."""
+
+    def __init__(self, layout: list[list[tuple[str, str, tuple]]], produce: Callable[[], Iterator[Bucket]]):
+        self.layout, self._produce = layout, produce
+
+    def __iter__(self) -> Iterator[Bucket]:
+        return self._produce()
+
+    @classmethod
+    def of(cls, named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) -> "Buckets":
+        """Tensors already in memory, cut into buckets (benchmarks, tests)."""
+        tensors = list(named_tensors)
+        plan = plan_buckets([t.numel() * t.element_size() for _, t in tensors], bucket_bytes)
+        buckets = [[tensors[i] for i in idx] for idx in plan]
+        return cls([[(n, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in b] for b in buckets],
+                   lambda: iter(buckets))
 
 
 @TRANSPORTS.register("store")
@@ -31,17 +130,58 @@ class StoreTransport(WeightTransport):
     One `ray.put` per update; every receiver maps the same object, so N receivers cost one copy per node.
     """
 
-    def __init__(self, receivers: list):
-        self.receivers = receivers
-
-    def send(self, version: int, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+    def send(self, version: int, buckets: Buckets) -> int:
         import ray
 
-        arrays = {name: t.detach().to("cpu", torch.float32).numpy().copy() for name, t in named_tensors}
-        ref = ray.put(arrays)
-        ray.get([r.receive_weights.remote(version, ref) for r in self.receivers])
+        arrays, dtypes = {}, {}
+        for bucket in buckets:
+            for name, t in bucket:
+                t = t.detach().to("cpu").contiguous()
+                dtypes[name] = str(t.dtype).removeprefix("torch.")
+                arrays[name] = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().copy()
+        ref = ray.put({"kind": "arrays", "arrays": arrays, "dtypes": dtypes})
+        self._await([r.receive_weights.remote(version, ref) for r in self.receivers], version)
         return sum(a.nbytes for a in arrays.values())
 
 
-def make_transport(name: str, receivers: list) -> WeightTransport:
-    return TRANSPORTS.resolve(name)(receivers)
+@TRANSPORTS.register("disk")
+class DiskTransport(WeightTransport):
+    """safetensors files, one per bucket, under `trainer.weight_dir/v<version>/`: the fallback for clusters without
+    NCCL between trainers and engines (the directory must be on a file system every node shares). A version's
+    directory appears whole (written under a temporary name, then renamed); the newest `keep_versions` stay."""
+
+    def send(self, version: int, buckets: Buckets) -> int:
+        from safetensors.torch import save_file
+
+        root = self.options.weight_dir
+        if not root:
+            raise WeightSyncError("trainer.weight_transport=disk needs trainer.weight_dir (a directory every node "
+                                  "reads)")
+        final, partial = os.path.join(root, f"v{version}"), os.path.join(root, f".v{version}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        paths, nbytes = [], 0
+        for i, bucket in enumerate(buckets):
+            tensors = {name: t.detach().to("cpu").contiguous() for name, t in bucket}
+            nbytes += sum(t.numel() * t.element_size() for t in tensors.values())
+            save_file(tensors, os.path.join(partial, f"part-{i:04d}.safetensors"))
+            paths.append(os.path.join(final, f"part-{i:04d}.safetensors"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(partial, final)
+        self._await([r.receive_weights.remote(version, {"kind": "files", "paths": paths})
+                     for r in self.receivers], version)
+        self._prune(root, version)
+        return nbytes
+
+    def _prune(self, root: str, version: int) -> None:
+        versions = sorted(int(d[1:]) for d in os.listdir(root) if d.startswith("v") and d[1:].isdigit())
+        for old in versions[:-self.options.keep_versions]:
+            if old < version:
+                shutil.rmtree(os.path.join(root, f"v{old}"), ignore_errors=True)
+
+
+def make_transport(name: str, receivers: list, options: TransportOptions | None = None) -> WeightTransport:
+    return TRANSPORTS.resolve(name)(receivers, options or TransportOptions())
+
+
+from trainer import weight_gpu  # noqa: E402,F401  registers cuda_ipc and nccl (nothing GPU-only at import)

@@ -126,9 +126,13 @@ def rollout_worker(args) -> dict:
             stop = threading.Event()
 
             def drain() -> None:
+                # takes what has arrived, then sleeps: a consumer polling Redis per pushed group would spend the
+                # worker side's CPU (two cores, one the engine's) on this bench's own bookkeeping
                 while not stop.is_set():
-                    batch = buffer.pop(groups_per_step, timeout_s=1.0)
-                    if batch is not None:
+                    batch = buffer.pop(groups_per_step, timeout_s=0.01)
+                    if batch is None:
+                        time.sleep(0.25)
+                    else:
                         buffer.commit(batch)
 
             drainer = threading.Thread(target=drain, daemon=True)

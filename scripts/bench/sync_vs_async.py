@@ -8,7 +8,9 @@ after the last step, so that they do not count. Reported per setting, over the s
 - the time lost to the slowest sample: the trainer's wait for a batch (s per step), and the share of the run
   during which the engine had no request at all (`engine_idle_s` of the worker; a synchronous step drains the
   engine's batch down to its last, longest sample before the trainer can start);
-- staleness (mean, max), groups evicted as too stale, weight loads and the seconds the engine spent paused.
+- staleness (mean, max), groups evicted as too stale, weight loads and the seconds the engine spent paused;
+- the driver's phases per step (waiting for a batch, the trainer's phases, weight sync), and on the GPU the peak
+  memory of each process (trainer rank, engine core).
 
     python scripts/bench/sync_vs_async.py [--steps 60] [--settings 0:between,1:keep,...] [hydra overrides...]
     python scripts/bench/sync_vs_async.py --gpu --model /tmp/qwen2-0.5b-random ...   (see scripts/gpu/)
@@ -42,7 +44,45 @@ def measure(steps: list[dict], summary: dict, skip: int) -> dict:
         "weight_loads": worker["weight_loads"], "weight_load_s_mean":
             round(worker["weight_load_seconds"] / max(worker["weight_loads"], 1), 3),
         "engine_paused_s": round(worker["engine/pause_seconds"], 2), "aborted_requests": worker["engine/aborted"],
+        # the driver's per-step phases (launcher/loop.py), mean seconds per step
+        "phase_s": {p: round(sum(s.get(f"{p}_s", 0.0) for s in trained) / len(trained), 4) for p in PHASES},
     }
+
+
+PHASES = ("wait_batch", "load_batch", "logprobs", "advantages", "update", "weight_sync", "version_bump", "commit")
+
+
+class GpuMemory:
+    """Peak GPU memory of each process of a run, by what it is (the trainer rank, the engine core), polled from
+    nvidia-smi every second while the run lasts."""
+
+    def __init__(self):
+        import threading
+
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        import subprocess
+
+        while not self._stop.wait(1.0):
+            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,"
+                                  "nounits"], capture_output=True, text=True).stdout
+            for line in out.strip().splitlines():
+                pid, mib = (x.strip() for x in line.split(","))
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        name = f.read().split(b"\0")[0].decode()[:40]
+                except OSError:
+                    continue
+                self.peak[name] = max(self.peak.get(name, 0), int(mib))
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {name: f"{mib} MiB" for name, mib in sorted(self.peak.items())}
 
 
 def main() -> None:
@@ -64,11 +104,14 @@ def main() -> None:
         overrides = [f"buffer.eta={eta}", f"rollout.weight_update={mode}", f"run.total_steps={args.steps}",
                      "run.max_minutes=0", f"run.eval_every={10**6}", f"run.seed={args.seed}",
                      f"model.path={args.model}", *args.extra]
-        t0 = time.time()
-        steps, summary = run_training(os.path.join(args.runs_dir, f"eta{eta}-{mode}"), args.preset, overrides,
-                                      setting)
+        t0, memory = time.time(), GpuMemory() if args.gpu else None
+        try:
+            steps, summary = run_training(os.path.join(args.runs_dir, f"eta{eta}-{mode}"), args.preset, overrides,
+                                          setting)
+        finally:
+            peaks = memory.stop() if memory else None
         r = {"eta": int(eta), "weight_update": mode, "command_seconds": round(time.time() - t0, 1),
-             **measure(steps, summary, args.skip)}
+             **measure(steps, summary, args.skip), **({"gpu_memory_peak": peaks} if peaks is not None else {})}
         print(json.dumps(r), flush=True)
         results.append(r)
         write(args, results)  # after every setting: a run cut short by a time limit keeps what it measured

@@ -92,11 +92,15 @@ def test_synchronous_eta0_runs_through_the_same_code_with_ppo_epochs(tmp_path, t
 
 
 def test_two_rank_zero3_trainer_syncs_gathered_weights_with_sharded_reference(tmp_path, tiny_model_path):
+    """Also the disk transport, in 1 MiB buckets: each bucket's ZeRO-3 shards are gathered on both ranks together."""
     summary, steps = run_job(tmp_path, tiny_model_path, "run.total_steps=5", "run.eval_every=5",
                              "trainer.num_ranks=2", "trainer.zero_stage=3", "trainer.micro_batches=2",
-                             "trainer.loss.kl_coef=0.01")
+                             "trainer.loss.kl_coef=0.01", "trainer.weight_transport=disk", "trainer.weight_bucket_mb=1")
     assert summary["steps"] == 5
-    assert summary["workers"][0]["weight_loads"] >= 4
+    assert summary["workers"][0]["weight_loads"] >= 4 and summary["workers"][0]["weight_load_failures"] == 0
+    versions = sorted(os.listdir(tmp_path / "weights"))  # the newest 3 of versions 1-5, each whole
+    assert versions == ["v3", "v4", "v5"]
+    assert len(os.listdir(tmp_path / "weights" / "v5")) >= 3  # the 0.8M-parameter float32 model: 3.2 MB in buckets
     trained = [s for s in steps if s["step"] > 0]
     # the reference is the initial policy: KL starts at zero and becomes positive as the policy moves
     assert trained[0]["kl_ref"] == pytest.approx(0.0, abs=1e-4)

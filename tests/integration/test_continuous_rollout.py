@@ -57,7 +57,8 @@ def test_the_staleness_bound_holds_over_many_updates_landing_mid_generation(vllm
                 spanning += sum(len(set(s.token_versions.tolist())) > 1 for s in g.samples)
             buf.commit(batch)
             time.sleep(0.3)  # the update takes a while, as a trainer's does: the worker generates meanwhile
-            worker.receive_weights(batch.version + 1, noisy[step + 1])  # weights first, then the version
+            # weights first, then the version
+            worker.receive_weights(batch.version + 1, {"kind": "arrays", "arrays": noisy[step + 1]})
             buf.bump_version()
             steps += 1
     finally:

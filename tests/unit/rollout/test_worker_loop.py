@@ -88,8 +88,8 @@ def test_weights_received_apply_before_the_next_submission_and_tag_its_tokens(vl
     torch.manual_seed(0)
     noisy = {k: (v + 0.01 * torch.randn_like(v)).numpy() for k, v in original.items()}
     try:
-        worker.receive_weights(start + 2, noisy)
-        worker.receive_weights(start + 1, noisy)  # older than what is pending: ignored
+        worker.receive_weights(start + 2, {"kind": "arrays", "arrays": noisy})
+        worker.receive_weights(start + 1, {"kind": "arrays", "arrays": noisy})  # older than what is pending: ignored
         buf.bump_version()
         buf.bump_version()
         assert run_until(worker, 4) == 4
