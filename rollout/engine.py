@@ -134,7 +134,8 @@ class AsyncVllmEngine:
         self._live: dict[str, _Sequence] = {}  # vLLM request id -> sequence, while its request runs
         self._ids = itertools.count()
         self._weights_lock = threading.Lock()  # one update at a time, and none inside hold_weights()
-        self.counters = {"weight_updates": 0, "weight_update_failures": 0, "pause_seconds": 0.0, "aborted": 0}
+        self.counters = {"weight_updates": 0, "weight_update_failures": 0, "pause_seconds": 0.0, "load_seconds": 0.0,
+                         "aborted": 0}
         args = engine_args(model_path, max_model_len=max_model_len, seed=seed, dtype=dtype,
                            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
                            tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs, on_cpu=on_cpu)
@@ -142,7 +143,9 @@ class AsyncVllmEngine:
         self._thread = threading.Thread(target=self._loop.run_forever, name="slipstream-vllm-loop", daemon=True)
         self._thread.start()
         self._llm = self._run(self._start(args), timeout=None)
-        self._run(self._llm.collective_rpc("slipstream_track_finished"), timeout=60)
+        why = self._run(self._llm.collective_rpc("slipstream_track_finished"), timeout=60)[0]
+        if why:
+            log.warning("per-token versions across keep-mode updates are not available: %s", why)
 
     async def _start(self, args):
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -317,10 +320,12 @@ class AsyncVllmEngine:
                     await asyncio.sleep(0.005)
             await self._timed(self._llm.pause_generation(mode="abort" if self.mode == "abort" else "keep",
                                                          clear_cache=False), "pause")
+            t_paused = time.perf_counter()
             sampled = (await self._timed(self._llm.collective_rpc("slipstream_sampled_tokens"), "token count")
                        if self.mode == "keep" else None)  # abort and between record their own boundaries
             await self._timed(self._llm.collective_rpc(
                 "slipstream_load_weights", args=(source, self._loaded, fail_after)), "load")
+            self.counters["load_seconds"] += time.perf_counter() - t_paused  # the rest of pause_seconds: pausing
             self._mark_switch(version, sampled[0] if sampled else None)
             self.version = version
         finally:

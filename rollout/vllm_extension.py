@@ -18,7 +18,10 @@ samples from a stale output layer (seen as an engine-vs-trainer log-prob gap tha
 """
 from __future__ import annotations
 
+import logging
 import time
+
+log = logging.getLogger("vllm.slipstream")  # under vLLM's logger: its handler prints from the engine process
 
 
 def _file_tensors(paths: list[str]):
@@ -69,6 +72,13 @@ class _FinishedTracking(dict):
             if len(self.finished) > self.CAP:
                 self.finished.pop(next(iter(self.finished)))
         return state
+
+
+def _request_states(model_runner):
+    """vLLM's V2 GPU model runner's RequestState (None for the V1 runners, CPU's included)."""
+    states = getattr(model_runner, "req_states", None)
+    ok = all(hasattr(states, a) for a in ("req_id_to_index", "total_len", "prompt_len"))
+    return states if ok else None
 
 
 class WeightLoaderExtension:
@@ -159,20 +169,40 @@ class WeightLoaderExtension:
         self._staged = staged
         return len(staged)
 
-    def slipstream_track_finished(self) -> bool:
-        """Called once at start-up: keep the sampled-token counts of requests as they finish."""
+    def slipstream_track_finished(self) -> str:
+        """Called once at start-up: keep the sampled-token counts of requests as they finish. Returns "" or why
+        this model runner cannot report them."""
+        if _request_states(self.model_runner) is not None:
+            return ""  # V2 runner: counts of running requests only (see slipstream_sampled_tokens)
         requests = getattr(self.model_runner, "requests", None)
         if not isinstance(requests, dict):
-            return False
+            return f"{type(self.model_runner).__name__}.requests is {type(requests).__name__}, not a dict"
         if not isinstance(requests, _FinishedTracking):
             self.model_runner.requests = _FinishedTracking(requests)
-        return True
+        return ""
 
     def slipstream_sampled_tokens(self) -> dict[str, int] | None:
         """Tokens sampled by each request (vLLM request ids) that runs now or finished since the last call, or None
-        where the model runner does not expose them. Asked while the engine is paused, so the counts are final."""
+        where the model runner does not expose them. Asked while the engine is paused, so the counts are final.
+
+        vLLM's V2 GPU model runner keeps per-request state in device arrays (output tokens = total_len -
+        prompt_len, as its own samplers read them) and forgets a request when it finishes; requests that finished
+        before the pause need no count there, because `pause_generation` returns only after their final outputs
+        reached the client (its 20 ms flush), which then no longer holds them as running."""
+        states = _request_states(self.model_runner)
+        if states is not None:
+            import torch
+
+            index = dict(states.req_id_to_index)
+            if not index:
+                return {}
+            rows = list(index.values())
+            total = states.total_len.gpu[torch.tensor(rows, device=states.total_len.gpu.device)].tolist()
+            return {rid: int(t) - int(states.prompt_len.np[row]) for (rid, row), t in zip(index.items(), total)}
         requests = getattr(self.model_runner, "requests", None)
         if not isinstance(requests, _FinishedTracking):
+            log.warning("slipstream: %s.requests is %s now, not the tracking dict set at start-up",
+                        type(self.model_runner).__name__, type(requests).__name__)
             return None
         counts = dict(requests.finished)
         requests.finished.clear()

@@ -126,8 +126,8 @@ class RawPeer:
     def __init__(self, nbytes: int, gpu: bool):
         import torch
 
-        self.device = "cuda" if gpu else "cpu"
-        self.buf = torch.ones(nbytes, dtype=torch.uint8, device=self.device)
+        self.buf = torch.ones(nbytes, dtype=torch.uint8)  # store and disk move host bytes
+        self.gpu_buf = torch.ones(nbytes, dtype=torch.uint8, device="cuda") if gpu else None
 
     def ipc_handle(self):
         from torch.multiprocessing.reductions import reduce_tensor
@@ -135,7 +135,7 @@ class RawPeer:
         import torch
 
         torch.cuda.synchronize()
-        return reduce_tensor(self.buf)[1]
+        return reduce_tensor(self.gpu_buf)[1]
 
     def copy_from_ipc(self, args) -> float:
         import torch
@@ -143,7 +143,7 @@ class RawPeer:
 
         t0 = time.perf_counter()
         src = rebuild_cuda_tensor(*args)
-        self.buf.copy_(src)
+        self.gpu_buf.copy_(src)
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 
@@ -212,6 +212,8 @@ def main() -> None:
     ap.add_argument("--zero-stages", default="2,3")
     ap.add_argument("--updates", type=int, default=5, help="timed updates per transport (after one warm-up)")
     ap.add_argument("--bucket-mb", type=int, default=1024)
+    ap.add_argument("--raw-bytes", type=int, default=0, help="raw side's bytes (default: the transports'); with "
+                    "--zero-stages '' only the raw side runs")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--max-model-len", type=int, default=64)
@@ -229,9 +231,10 @@ def main() -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=max(os.cpu_count() or 1, 4),
                  _system_config=LOCAL_RAY_SYSTEM_CONFIG)
         try:
-            for stage in (int(s) for s in args.zero_stages.split(",")):
+            for stage in (int(s) for s in args.zero_stages.split(",") if s):
                 results[f"zero{stage}"], version = transport_side(args, stage, server, weight_dir, version)
-            nbytes = next(iter(next(iter(results.values())).values()))["bytes"]
+                write_result(args.out, args, args.gpu, **results)  # a later failure keeps what was measured
+            nbytes = args.raw_bytes or next(iter(next(iter(results.values())).values()))["bytes"]
             results["raw"] = raw_side(args, nbytes, weight_dir)
         finally:
             ray.shutdown()

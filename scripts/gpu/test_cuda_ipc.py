@@ -32,6 +32,9 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--updates", type=int, default=10)
     args = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)  # the engine's warnings (e.g. per-token versions unavailable)
     import torch
     from safetensors.torch import load_file
 
@@ -81,6 +84,28 @@ def main() -> int:
         check("a misfit layout is refused", "do not fit" in str(e) and engine.version == 2, str(e)[:200])
     check("the engine still serves its weights", greedy(engine, prompts) == before)
 
+    # keep mode mid-generation: tokens sampled before the update carry the old version, those after the new one
+    # (the count comes from the model runner while paused: rollout/vllm_extension.py slipstream_sampled_tokens)
+    ids = [engine.encode(p) for p in prompts * 8]
+    under_old = [g[0].token_ids.tolist() for g in engine.generate(ids, n=1, max_new_tokens=256, temperature=0.0)]
+    old = engine.version
+    futures = [engine.submit(i, n=1, max_new_tokens=256, temperature=0.0) for i in ids]
+    time.sleep(0.3)
+    message, _ = transport.pack(Buckets.of(perturbed.items(), 1 << 30))
+    engine.load_weights_from(old + 1, message)
+    done = [f.result(timeout=300)[0] for f in futures]
+    olds = [int((c.token_versions == old).sum()) for c in done]
+    spanning = sum(0 < k < len(c.token_ids) for c, k in zip(done, olds))
+    ordered = all(set(c.token_versions.tolist()) <= {old, old + 1} and (c.token_versions[:k] == old).all()
+                  for c, k in zip(done, olds))
+    check("keep mode: samples span the update, old version first", spanning >= len(done) // 2 and ordered,
+          f"{spanning} of {len(done)} span it")
+    same_prefix = sum(c.token_ids[:k].tolist() == u[:k] for c, k, u in zip(done, olds, under_old))
+    results["old_part_equals_old_greedy"] = f"{same_prefix} of {len(done)} (bf16 batches may flip a near-tie)"
+    print("info: old part equals the old weights' greedy run for", results["old_part_equals_old_greedy"], flush=True)
+    message, _ = transport.pack(Buckets.of(original.items(), 1 << 30))
+    engine.load_weights_from(old + 2, message)
+
     # timed: pack + load while requests run (keep mode pauses them)
     running = [engine.submit(engine.encode(p), n=8, max_new_tokens=256, temperature=1.0) for p in prompts * 8]
     times, packs = [], []
@@ -89,7 +114,7 @@ def main() -> int:
         t0 = time.perf_counter()
         message, _ = transport.pack(Buckets.of((perturbed if i % 2 == 0 else original).items(), 1 << 30))
         t1 = time.perf_counter()
-        engine.load_weights_from(3 + i, message)
+        engine.load_weights_from(engine.version + 1, message)
         times.append(time.perf_counter() - t0)
         packs.append(t1 - t0)
     for f in running:
