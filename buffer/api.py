@@ -13,16 +13,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from buffer.config import BufferConfig, problems
+from buffer.errors import BufferUnavailable
 from buffer.prompt_stats import PromptStat
 from buffer.schema import SCHEMA_VERSION, Group, Sample, decode_group, encode_group
 from buffer.server import EmbeddedRedis, free_port
 
 # Counters that generators add through push(counters=...) and that stats() reports.
 METRIC_COUNTERS = ("filtered_zero_variance", "skipped_easy_prompts", "too_long_prompts", "reward_errors")
-
-
-class BufferUnavailable(RuntimeError):
-    pass
 
 
 class BoundMismatch(ValueError):
@@ -80,18 +77,26 @@ class Buffer(Protocol):
     def initialize(self, version: int = 0) -> None:
         """Store the bound and rebase the counters on `version` (fresh start or resume). Called by the driver."""
 
-    def admit(self, want: int) -> tuple[int, int]:
-        """Reserve up to `want` group slots: (granted, current policy version)."""
+    def admit(self, want: int, holder: str = "") -> tuple[int, int]:
+        """Reserve up to `want` group slots: (granted, current policy version). A `holder` (a rollout worker's
+        incarnation) keeps them under a lease of buffer.lease_ttl_s that each of its calls renews; once it
+        expires (the worker died) they go back."""
 
     def push(self, groups: list[Group], released: int = 0, gen_tokens: int = 0,
-             counters: dict[str, int] | None = None) -> None:
+             counters: dict[str, int] | None = None, holder: str = "") -> None:
         """Finished groups in; `released` reserved slots given back (filtered or failed)."""
+
+    def renew(self, holder: str) -> None:
+        """Keep `holder`'s lease alive (a worker calls it every turn while its groups run)."""
 
     def pop(self, n: int, consumer: str = "trainer-0", timeout_s: float = 60.0) -> PoppedBatch | None:
         """n fresh groups, oldest first, or None after timeout_s (what was claimed stays held for the next call)."""
 
     def commit(self, batch: PoppedBatch) -> None:
         """The step that used `batch` is done: its groups leave for good."""
+
+    def release(self, batch: PoppedBatch) -> None:
+        """The step that popped `batch` failed before commit: the next pop hands its groups out again, first."""
 
     def version(self) -> int:
         ...
@@ -112,14 +117,14 @@ class Buffer(Protocol):
 def connect(url: str, prefix: str, cfg: BufferConfig) -> Buffer:
     """The buffer of the run under `prefix` at `url`. Checks this process's bound against the stored one."""
     kwargs = dict(prefix=prefix, eta=cfg.eta, groups_per_step=cfg.groups_per_step, max_in_flight=cfg.max_in_flight,
-                  max_buffered=cfg.max_buffered, claim_idle_s=cfg.claim_idle_s)
+                  max_buffered=cfg.max_buffered, claim_idle_s=cfg.claim_idle_s, lease_ttl_s=cfg.lease_ttl_s)
     if url.startswith("memory://"):
         from buffer.memory import MemoryBuffer
 
         return MemoryBuffer.named(url, **kwargs)
     from buffer.redis_buffer import RedisBuffer
 
-    return RedisBuffer(url, **kwargs)
+    return RedisBuffer(url, redis_timeout_s=cfg.redis_timeout_s, **kwargs)
 
 
 __all__ = ["METRIC_COUNTERS", "SCHEMA_VERSION", "BoundMismatch", "Buffer", "BufferConfig", "BufferUnavailable",

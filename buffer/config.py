@@ -14,6 +14,8 @@ class BufferConfig:
     max_in_flight: int = 64  # groups being generated at once, all workers together
     max_buffered: int = 256  # groups waiting in Redis (plus running) at most
     claim_idle_s: float = 300.0  # a popped batch not committed for this long is handed out again
+    redis_timeout_s: float = 30.0  # every Redis call: socket timeout, then retries with backoff, then an error
+    lease_ttl_s: float = 60.0  # a rollout worker silent this long loses its reserved slots (it died)
     key_prefix: str = ""  # Redis key prefix; empty: "slipstream:<run name>"
 
 
@@ -27,6 +29,11 @@ def problems(cfg: BufferConfig) -> list[str]:
     if cfg.max_in_flight < 1 or cfg.max_buffered < cfg.groups_per_step:
         out.append(f"buffer.max_buffered={cfg.max_buffered} must hold at least one step "
                    f"(buffer.groups_per_step={cfg.groups_per_step}) and buffer.max_in_flight >= 1")
+    if cfg.lease_ttl_s < 5:
+        out.append(f"buffer.lease_ttl_s={cfg.lease_ttl_s}: must be >= 5 s (rollout workers renew their lease every "
+                   "second)")
+    if cfg.redis_timeout_s <= 0:
+        out.append(f"buffer.redis_timeout_s={cfg.redis_timeout_s}: must be > 0 (seconds)")
     if cfg.redis_url and cfg.redis_url.startswith("memory://"):
         out.append("buffer.redis_url=memory:// is the in-process buffer (unit tests, single-process use); a job's "
                    "rollout workers and trainers are separate processes: leave buffer.redis_url empty for the "

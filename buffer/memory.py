@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from buffer.api import METRIC_COUNTERS, BufferUnavailable, PoppedBatch, check_bound, staleness_bound
 from buffer.prompt_stats import PromptStat
 from buffer.schema import Group, encode_group
-from buffer.staleness import admission_capacity, is_too_stale, staleness
+from buffer.staleness import admission_capacity, is_usable, staleness
 
 _NAMED: dict[str, "MemoryBuffer"] = {}
 _NAMED_LOCK = threading.Lock()
@@ -28,17 +28,19 @@ class _Entry:
     min_version: int
     claimed_by: str | None = None  # consumer holding it (part of a batch still filling) or given it
     claimed_at: float = 0.0
-    handed_out: bool = False  # returned in a batch: only a claim older than claim_idle_s takes it back
+    handed_out: bool = False  # returned in a batch: another consumer takes it back after claim_idle_s
 
     def available_to(self, consumer: str, now: float, claim_idle_s: float) -> bool:
-        if self.claimed_by is None or now - self.claimed_at >= claim_idle_s:
+        if self.claimed_by is None:
             return True
-        return self.claimed_by == consumer and not self.handed_out
+        if self.claimed_by == consumer:  # one process holds this buffer: its own claims are never a dead trainer's
+            return not self.handed_out
+        return now - self.claimed_at >= claim_idle_s
 
 
 class MemoryBuffer:
     def __init__(self, *, prefix: str, eta: int, groups_per_step: int, max_in_flight: int, max_buffered: int,
-                 claim_idle_s: float = 300.0):
+                 claim_idle_s: float = 300.0, lease_ttl_s: float = 60.0):
         if eta < 0:
             raise ValueError(f"buffer.eta must be >= 0 (0 = synchronous), got {eta}")
         self.prefix, self.eta, self.groups_per_step = prefix, eta, groups_per_step
@@ -47,8 +49,11 @@ class MemoryBuffer:
         self._entries: dict[int, _Entry] = {}  # insertion order = stream order
         self._ids = itertools.count(1)
         self._stored_bound: dict[str, int] | None = None
-        self._counters = dict.fromkeys(("version", "accepted", "running", "dropped_stale", "released", "gen_tokens")
-                                       + METRIC_COUNTERS, 0)
+        self._counters = dict.fromkeys(("version", "accepted", "running", "dropped_stale", "released", "gen_tokens",
+                                        "expired_reservations") + METRIC_COUNTERS, 0)
+        self.lease_ttl_s = lease_ttl_s
+        self._leases: dict[str, int] = {}  # holder -> slots it reserved and has not pushed
+        self._lease_until: dict[str, float] = {}  # holder -> when its lease ends (monotonic)
         self._prompt_stats: dict[str, dict] = {}
 
     @classmethod
@@ -71,28 +76,50 @@ class MemoryBuffer:
             self._stored_bound = self.bound
             self._counters.update(version=version, running=0,
                                   accepted=version * self.groups_per_step + len(self._entries))
+            self._leases.clear()
+            self._lease_until.clear()
 
-    def admit(self, want: int) -> tuple[int, int]:
+    def admit(self, want: int, holder: str = "") -> tuple[int, int]:
         with self._cond:
             if self._stored_bound is None:
                 raise BufferUnavailable(f"the buffer {self.prefix!r} is not initialized: call initialize() first")
             c = self._counters
+            self._expire_leases()
             cap = admission_capacity(eta=self.eta, version=c["version"], groups_per_step=self.groups_per_step,
                                      accepted=c["accepted"], running=c["running"], max_in_flight=self.max_in_flight)
             cap = min(cap, self.max_buffered - len(self._entries) - c["running"])
             granted = max(0, min(cap, want))
             c["running"] += granted
+            if holder:
+                self._leases[holder] = self._leases.get(holder, 0) + granted
+                self.renew(holder)
             return granted, c["version"]
 
+    def renew(self, holder: str) -> None:
+        with self._cond:
+            self._lease_until[holder] = time.monotonic() + self.lease_ttl_s
+
+    def _expire_leases(self) -> None:
+        now = time.monotonic()
+        for holder in [h for h, until in self._lease_until.items() if until <= now]:
+            del self._lease_until[holder]
+            n = self._leases.pop(holder, 0)
+            self._counters["running"] -= n
+            self._counters["expired_reservations"] += n
+
     def push(self, groups: list[Group], released: int = 0, gen_tokens: int = 0,
-             counters: dict[str, int] | None = None) -> None:
+             counters: dict[str, int] | None = None, holder: str = "") -> None:
         encoded = [(encode_group(g), g.min_version) for g in groups]  # outside the lock: the slow part
         with self._cond:
             for payload, min_version in encoded:
                 entry_id = next(self._ids)
                 self._entries[entry_id] = _Entry(entry_id, payload, min_version)
-            c = self._counters
-            c["running"] -= len(groups) + released
+            c, ended = self._counters, len(groups) + released
+            if holder:  # no more than it still holds: an expired holder's slots went back already
+                ended = min(ended, self._leases.get(holder, 0))
+                self._leases[holder] = self._leases.get(holder, 0) - ended
+                self.renew(holder)
+            c["running"] -= ended
             c["accepted"] += len(groups)
             c["released"] += released
             c["gen_tokens"] += gen_tokens
@@ -109,7 +136,7 @@ class MemoryBuffer:
                 taken, stale = [], []
                 for e in self._entries.values():  # oldest first
                     if e.available_to(consumer, now, self.claim_idle_s):
-                        (stale if is_too_stale(version, e.min_version, self.eta) else taken).append(e)
+                        (taken if is_usable(version, e.min_version, self.eta) else stale).append(e)
                 for e in stale:
                     del self._entries[e.entry_id]
                 dropped += len(stale)
@@ -133,6 +160,13 @@ class MemoryBuffer:
         with self._cond:
             for entry_id in batch.entry_ids:
                 self._entries.pop(entry_id, None)
+
+    def release(self, batch: PoppedBatch) -> None:
+        with self._cond:
+            for entry_id in batch.entry_ids:
+                if entry_id in self._entries:
+                    self._entries[entry_id].handed_out = False
+            self._cond.notify_all()
 
     def version(self) -> int:
         with self._cond:

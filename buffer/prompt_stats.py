@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from buffer.redis_client import redis_errors
+
 _RECORD_LUA = """
 local decay = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
@@ -59,23 +61,27 @@ class PromptStats:
         if not 0 < decay <= 1 or not 0 < grad_mix <= 1:
             raise ValueError(f"decay and grad_mix must be in (0, 1], got {decay}, {grad_mix}")
         self.client, self.prefix, self.decay, self.grad_mix = client, prefix, decay, grad_mix
+        self.url = "{host}:{port}".format(**client.connection_pool.connection_kwargs)  # for error messages
         self._record = client.register_script(_RECORD_LUA)
         self._grad = client.register_script(_GRAD_LUA)
 
     def _key(self, prompt_id: str) -> str:
         return f"{self.prefix}:ps:{prompt_id}"
 
+    @redis_errors
     def record(self, results: list[tuple[str, int, int]]) -> None:
         """results: (prompt id, attempts, passes) per scored group."""
         if results:
             args = [self.decay] + [x for _, a, p in results for x in (a, p)]
             self._record(keys=[self._key(pid) for pid, _, _ in results], args=args)
 
+    @redis_errors
     def record_grad_norms(self, norms: dict[str, float], version: int) -> None:
         """Written by the trainer for the prompts it trained on: EMA with weight grad_mix on the new value."""
         if norms:
             self._grad(keys=[self._key(pid) for pid in norms], args=[self.grad_mix, version, *norms.values()])
 
+    @redis_errors
     def get_stats(self, prompt_ids: list[str]) -> list[PromptStat]:
         with self.client.pipeline(transaction=False) as pipe:
             for pid in prompt_ids:

@@ -1,15 +1,21 @@
 """The Redis-backed, staleness-bounded group buffer and the policy-version counter.
 
 Keys (all under `<prefix>:`): `version` (policy version, int), `accepted` / `running` (admission
-counters), `groups` (a Stream of encoded groups, consumer group `trainers`), and counters for metrics.
+counters), `leases` (reservations per holder) and `lease:<holder>` (its lease, with a TTL), `groups` (a Stream of
+encoded groups, consumer group `trainers`), and counters for metrics.
 
 Invariants:
 - admission is one Lua script, so any number of workers on any number of nodes share one bound
   (`staleness.admission_capacity`, plus `max_buffered`);
+- reservations are leased: a holder that stops calling (a dead worker) loses them once its lease expires, at the
+  next admission anyone asks for; a holder's push ends at most the reservations it still has;
 - a group leaves the stream only when the trainer commits the step that used it (at-least-once): a batch
   popped by a trainer that dies before `commit` is claimed again by the next `pop` after `claim_idle_s`;
-- a group staler than eta when popped is deleted, counted in `dropped_stale`, never returned, and gives its
-  admission slot back (otherwise dropped groups would shrink capacity until generators and trainer deadlock).
+- a group staler than eta when popped, or made by weights newer than the current version (a resume from an
+  older checkpoint), is deleted, counted in `dropped_stale`, never returned, and gives its admission slot back
+  (otherwise dropped groups would shrink capacity until generators and trainer deadlock);
+- no group is in two batches of one buffer object: `pop` re-claims idle entries of other consumers, or its own
+  left by an earlier process, never those it holds or has handed out; `release` hands a batch out again.
 """
 from __future__ import annotations
 
@@ -19,8 +25,26 @@ import redis
 
 from buffer.api import METRIC_COUNTERS, BufferUnavailable, PoppedBatch, check_bound, staleness_bound
 from buffer.prompt_stats import PromptStats
+from buffer.redis_client import make_client, redis_errors
 from buffer.schema import Group, encode_group
-from buffer.staleness import is_too_stale, staleness
+from buffer.staleness import is_usable, staleness
+
+# Reservations of a holder (a rollout worker's incarnation) whose lease key expired go back: a worker that died
+# with groups in flight no longer holds their slots. KEYS[3] = running, KEYS[6] = leases hash, KEYS[7] = the lease
+# keys' prefix; counts what was reclaimed in KEYS[8].
+_EXPIRE_LEASES_LUA = """
+local holders = redis.call('HGETALL', KEYS[6])
+for i = 1, #holders, 2 do
+  if redis.call('EXISTS', KEYS[7] .. holders[i]) == 0 then
+    local n = tonumber(holders[i + 1])
+    redis.call('HDEL', KEYS[6], holders[i])
+    if n > 0 then
+      redis.call('DECRBY', KEYS[3], n)
+      redis.call('INCRBY', KEYS[8], n)
+    end
+  end
+end
+"""
 
 # Mirrors staleness.admission_capacity, with the buffered-groups bound added; returns {granted, version}. The
 # bound (eta, B, max_in_flight, max_buffered) is read from Redis, where `initialize` stored it: every process on
@@ -28,6 +52,7 @@ from buffer.staleness import is_too_stale, staleness
 _ADMIT_LUA = """
 local bound = redis.call('HMGET', KEYS[5], 'eta', 'groups_per_step', 'max_in_flight', 'max_buffered')
 if not bound[1] then return redis.error_reply('SLIPSTREAM_NOT_INITIALIZED') end
+""" + _EXPIRE_LEASES_LUA + """
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 local accepted = tonumber(redis.call('GET', KEYS[2]) or '0')
 local running = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -39,7 +64,24 @@ local cap = math.min(max_in_flight - running, (eta + v + 1) * B - (accepted + ru
 cap = math.min(cap, max_buffered - buffered - running)
 local granted = math.max(0, math.min(cap, want))
 if granted > 0 then redis.call('INCRBY', KEYS[3], granted) end
+if ARGV[2] ~= '' then
+  if granted > 0 then redis.call('HINCRBY', KEYS[6], ARGV[2], granted) end
+  redis.call('SET', KEYS[7] .. ARGV[2], '1', 'PX', ARGV[3])
+end
 return {granted, v}
+"""
+
+# A push (or a give-back) ends reservations: only as many as the holder still has, so that a holder whose lease
+# expired (its slots already reclaimed) cannot drive `running` below what live holders reserved.
+_END_RESERVATIONS_LUA = """
+local n = tonumber(ARGV[1])
+if ARGV[2] ~= '' then
+  n = math.min(n, tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0'))
+  if n > 0 then redis.call('HINCRBY', KEYS[2], ARGV[2], -n) end
+  redis.call('SET', KEYS[3] .. ARGV[2], '1', 'PX', ARGV[3])
+end
+if n > 0 then redis.call('DECRBY', KEYS[1], n) end
+return n
 """
 
 CONSUMER_GROUP = "trainers"
@@ -47,22 +89,26 @@ CONSUMER_GROUP = "trainers"
 
 class RedisBuffer:
     def __init__(self, url: str, *, prefix: str, eta: int, groups_per_step: int, max_in_flight: int,
-                 max_buffered: int, claim_idle_s: float = 300.0):
+                 max_buffered: int, claim_idle_s: float = 300.0, redis_timeout_s: float = 30.0,
+                 lease_ttl_s: float = 60.0):
         if eta < 0:
             raise ValueError(f"buffer.eta must be >= 0 (0 = synchronous), got {eta}")
         self.url, self.prefix, self.eta, self.groups_per_step = url, prefix, eta, groups_per_step
         self.max_in_flight, self.max_buffered, self.claim_idle_ms = max_in_flight, max_buffered, int(claim_idle_s * 1000)
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        self.client = make_client(url, redis_timeout_s)
         try:
             self.client.ping()
-        except redis.ConnectionError as e:
+        except redis.RedisError as e:
             raise BufferUnavailable(
                 f"cannot reach Redis at {url} ({e}). Start the server, fix buffer.redis_url, or leave "
                 f"buffer.redis_url empty to let Slipstream start an embedded server"
             ) from e
         self._admit = self.client.register_script(_ADMIT_LUA)
+        self._end = self.client.register_script(_END_RESERVATIONS_LUA)
+        self.lease_ms = int(lease_ttl_s * 1000)
         self.check_bound()
         self._held: list[tuple[bytes, bytes, int]] = []  # (entry id, payload, min version) of a batch not yet full
+        self._out: set[bytes] = set()  # entry ids handed out by pop and not yet committed or released
 
     def key(self, name: str) -> str:
         return f"{self.prefix}:{name}"
@@ -71,6 +117,7 @@ class RedisBuffer:
     def bound(self) -> dict[str, int]:
         return staleness_bound(**vars(self))
 
+    @redis_errors
     def check_bound(self) -> None:
         """Raise BoundMismatch if the run at this prefix stored another bound (nothing stored yet: fine)."""
         stored = {k.decode(): int(v) for k, v in self.client.hgetall(self.key("bound")).items()}
@@ -81,6 +128,7 @@ class RedisBuffer:
         return PromptStats(self.client, self.prefix, decay=decay, grad_mix=grad_mix)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
+    @redis_errors
     def initialize(self, version: int = 0) -> None:
         """Store the bound, set the version and rebase the admission counters on it (fresh start or resume from
         checkpoint): the trainer has consumed version * B groups, so what is still in the stream counts as
@@ -96,15 +144,20 @@ class RedisBuffer:
             p.hset(self.key("bound"), mapping=self.bound)
             p.set(self.key("version"), version)
             p.set(self.key("running"), 0)
+            p.delete(self.key("leases"))  # a resume starts with nothing in flight
             p.set(self.key("accepted"), version * self.groups_per_step + buffered)
             p.execute()
 
     # -- generator side --------------------------------------------------------------------------------------
-    def admit(self, want: int) -> tuple[int, int]:
-        """Reserve up to `want` group slots; returns (granted, current policy version)."""
+    @redis_errors
+    def admit(self, want: int, holder: str = "") -> tuple[int, int]:
+        """Reserve up to `want` group slots; returns (granted, current policy version). A `holder` (one rollout
+        worker's incarnation) holds them under a lease of buffer.lease_ttl_s, renewed by each of its calls (and
+        `renew`): if it stops calling, its slots go back."""
         try:
-            granted, version = self._admit(keys=[self.key(k) for k in ("version", "accepted", "running", "groups",
-                                                                         "bound")], args=[want])
+            keys = [self.key(k) for k in ("version", "accepted", "running", "groups", "bound", "leases", "lease:",
+                                          "expired_reservations")]
+            granted, version = self._admit(keys=keys, args=[want, holder, self.lease_ms])
         except redis.ResponseError as e:
             if "SLIPSTREAM_NOT_INITIALIZED" not in str(e):
                 raise
@@ -112,14 +165,16 @@ class RedisBuffer:
                                     f"calls initialize() before it starts rollout workers") from e
         return int(granted), int(version)
 
+    @redis_errors
     def push(self, groups: list[Group], released: int = 0, gen_tokens: int = 0,
-             counters: dict[str, int] | None = None) -> None:
+             counters: dict[str, int] | None = None, holder: str = "") -> None:
         """Add finished groups and give back `released` reserved slots whose groups were not pushed
         (filtered out, or the generate call failed). `counters` are added to named metric counters."""
         with self.client.pipeline(transaction=True) as p:
             for g in groups:
                 p.xadd(self.key("groups"), {"g": encode_group(g), "v": g.min_version})
-            p.decrby(self.key("running"), len(groups) + released)
+            self._end(keys=[self.key("running"), self.key("leases"), self.key("lease:")],
+                      args=[len(groups) + released, holder, self.lease_ms], client=p)
             p.incrby(self.key("accepted"), len(groups))
             if released:
                 p.incrby(self.key("released"), released)
@@ -130,7 +185,13 @@ class RedisBuffer:
                     p.incrby(self.key(name), value)
             p.execute()
 
+    @redis_errors
+    def renew(self, holder: str) -> None:
+        """Keep `holder`'s reservations alive while its groups run (a worker calls it every turn of its loop)."""
+        self.client.set(self.key("lease:") + holder, 1, px=self.lease_ms)
+
     # -- trainer side ----------------------------------------------------------------------------------------
+    @redis_errors
     def pop(self, n: int, consumer: str = "trainer-0", timeout_s: float = 60.0) -> PoppedBatch | None:
         """Claim n fresh groups, oldest first. Returns None if they did not arrive within timeout_s; the groups
         claimed so far stay held for the next call. Stale groups are evicted on the way."""
@@ -143,7 +204,7 @@ class RedisBuffer:
             fresh, stale_ids = [], []
             for entry_id, data in entries:
                 min_version = int(data[b"v"])  # staleness is decided without decoding the group
-                if is_too_stale(version, min_version, self.eta):
+                if not is_usable(version, min_version, self.eta):
                     stale_ids.append(entry_id)
                 else:
                     fresh.append((entry_id, data[b"g"], min_version))
@@ -154,14 +215,18 @@ class RedisBuffer:
             if len(self._held) < n and time.monotonic() >= deadline:
                 return None
         taken, self._held = self._held[:n], self._held[n:]
+        self._out.update(t[0] for t in taken)
         return PoppedBatch(entry_ids=[t[0] for t in taken], payloads=[t[1] for t in taken], version=version,
                            staleness=[staleness(version, t[2]) for t in taken], dropped_stale=dropped)
 
     def _reclaim(self, consumer: str, count: int) -> list:
-        """Entries claimed by a consumer that went quiet for claim_idle_s (a trainer that died mid-step)."""
+        """Entries claimed by a consumer that went quiet for claim_idle_s (a trainer that died mid-step), except
+        those this object holds or has handed out: a slow step is not a dead one."""
+        mine = self._out | {t[0] for t in self._held}
         _, entries, _ = self.client.xautoclaim(self.key("groups"), CONSUMER_GROUP, consumer,
-                                               min_idle_time=self.claim_idle_ms, start_id="0", count=count)
-        return [(i, d) for i, d in entries if d]
+                                               min_idle_time=self.claim_idle_ms, start_id="0",
+                                               count=count + len(mine))
+        return [(i, d) for i, d in entries if d and i not in mine][:count]
 
     def _read_new(self, consumer: str, count: int, deadline: float) -> list:
         block_ms = max(1, min(1000, int((deadline - time.monotonic()) * 1000)))
@@ -177,6 +242,7 @@ class RedisBuffer:
             p.incrby(self.key("dropped_stale"), len(entry_ids))
             p.execute()
 
+    @redis_errors
     def commit(self, batch: PoppedBatch) -> None:
         """The step that used `batch` is done: its groups leave the buffer for good."""
         if not batch.entry_ids:
@@ -185,16 +251,28 @@ class RedisBuffer:
             p.xack(self.key("groups"), CONSUMER_GROUP, *batch.entry_ids)
             p.xdel(self.key("groups"), *batch.entry_ids)
             p.execute()
+        self._out.difference_update(batch.entry_ids)
 
+    def release(self, batch: PoppedBatch) -> None:
+        """The step that popped `batch` failed before commit: the next pop hands its groups out first (they stay
+        claimed by this consumer meanwhile; the failed step bumped no version, so their staleness stands)."""
+        self._out.difference_update(batch.entry_ids)
+        again = [(i, p, batch.version - s) for i, p, s in zip(batch.entry_ids, batch.payloads, batch.staleness)]
+        self._held = again + [t for t in self._held if t[0] not in set(batch.entry_ids)]
+
+    @redis_errors
     def version(self) -> int:
         return int(self.client.get(self.key("version")) or 0)
 
+    @redis_errors
     def bump_version(self) -> int:
         """Called by the trainer after the new weights have reached every generator."""
         return int(self.client.incr(self.key("version")))
 
+    @redis_errors
     def stats(self) -> dict[str, int]:
-        names = ("version", "accepted", "running", "dropped_stale", "released", "gen_tokens") + METRIC_COUNTERS
+        names = ("version", "accepted", "running", "dropped_stale", "released", "gen_tokens",
+                 "expired_reservations") + METRIC_COUNTERS
         values = self.client.mget([self.key(n) for n in names])
         out = {n: int(v or 0) for n, v in zip(names, values)}
         out["buffered"] = int(self.client.xlen(self.key("groups")))

@@ -24,5 +24,7 @@ def staleness(current_version: int, oldest_token_version: int) -> int:
     return current_version - oldest_token_version
 
 
-def is_too_stale(current_version: int, oldest_token_version: int, eta: int) -> bool:
-    return staleness(current_version, oldest_token_version) > eta
+def is_usable(current_version: int, oldest_token_version: int, eta: int) -> bool:
+    """A group may be trained on now: no staler than eta, and not made by weights newer than the current version
+    (after a resume from a checkpoint older than the buffer's groups; their tokens would be passed off as older)."""
+    return 0 <= staleness(current_version, oldest_token_version) <= eta

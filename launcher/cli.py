@@ -28,6 +28,7 @@ def main() -> None:
     def run_job(raw: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
 
+        from buffer.api import BufferUnavailable
         from launcher.config import ConfigError, to_typed
 
         try:
@@ -35,7 +36,7 @@ def main() -> None:
             from launcher.main import run
 
             run(cfg, HydraConfig.get().runtime.output_dir)
-        except ConfigError as e:
+        except (ConfigError, BufferUnavailable) as e:  # the message names the problem and the fix
             sys.exit(f"slipstream: {e}")
 
     run_job()

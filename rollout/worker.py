@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from rollout.sampling_plan import plan_samples
 from rollout.weight_files import LOADED_ON_RECEIPT, check_weights, tensors_of
 
 log = logging.getLogger("slipstream.rollout")
+LEASE_RENEW_S = 1.0  # buffer.lease_ttl_s must be several times this (launcher/config.py checks >= 5 s)
 
 
 @dataclass
@@ -71,6 +73,8 @@ class RolloutWorker:
                          "engine_idle_s": 0.0,
                          **dict.fromkeys(METRIC_COUNTERS, 0)}
         self._reported = dict.fromkeys(METRIC_COUNTERS, 0)  # what push() has passed on to the buffer's stats
+        # this incarnation's reservations, leased: a restarted worker (same id) must not inherit a dead one's
+        self.holder, self._renewed = f"worker-{worker_id}-{uuid.uuid4().hex[:8]}", 0.0
 
     @property
     def version(self) -> int:
@@ -159,7 +163,7 @@ class RolloutWorker:
         while not self._stop.is_set():
             self.step()
         # the groups still in the engine will not be pushed: their admission slots go back
-        self.buffer.push([], released=len(self._in_flight))
+        self.buffer.push([], released=len(self._in_flight), holder=self.holder)
         self._in_flight = []
         for scorer in (self.scorer, *self._eval_scorers.values()):
             scorer.close()  # safe: the pool restarts if evaluate() is called later
@@ -169,6 +173,7 @@ class RolloutWorker:
         """One turn of the loop; returns the number of groups pushed (0: none finished within `wait_s`, by default
         rollout.idle_sleep_s)."""
         self._apply_pending_weights()
+        self._renew_lease()
         self._fill()
         self._track_idle()
         if not self._in_flight:
@@ -183,6 +188,13 @@ class RolloutWorker:
         self._fill()  # their successors enter the engine before this thread scores and pushes them
         return self._push(finished)
 
+    def _renew_lease(self) -> None:
+        """Once a second: the reservations of groups still generating stay this worker's (buffer.lease_ttl_s)."""
+        now = time.monotonic()
+        if now - self._renewed >= LEASE_RENEW_S:
+            self.buffer.renew(self.holder)
+            self._renewed = now
+
     def _track_idle(self) -> None:
         """engine_idle_s: wall-clock during which the engine ran no request of this worker's (what a synchronous
         step loses to its slowest sample, and any worker to the admission guard)."""
@@ -196,7 +208,7 @@ class RolloutWorker:
         free = self.cfg.groups_in_flight - len(self._in_flight)
         if free <= 0:
             return
-        granted, version = self.buffer.admit(free)
+        granted, version = self.buffer.admit(free, holder=self.holder)
         if granted == 0:
             return
         if version > self.version:  # the trainer stores weights before it bumps the version
@@ -213,7 +225,7 @@ class RolloutWorker:
                                         top_p=cfg.top_p)
             self._in_flight.append(_GroupInFlight(prompt, ids, future, time.perf_counter()))
         if unused:
-            self.buffer.push([], released=unused)
+            self.buffer.push([], released=unused, holder=self.holder)
 
     def _plan_more(self) -> None:
         """The next groups_in_flight prompts, encoded, with their sample counts; prompts too long are skipped."""
@@ -306,7 +318,7 @@ class RolloutWorker:
         finally:  # a failure must still give the admission slots back
             delta = {k: self.counters[k] - self._reported[k] for k in METRIC_COUNTERS}
             self._reported.update({k: self.counters[k] for k in METRIC_COUNTERS})
-            self.buffer.push(pushed, released=len(finished) - len(pushed),
+            self.buffer.push(pushed, released=len(finished) - len(pushed), holder=self.holder,
                              gen_tokens=sum(g.num_response_tokens for g in scored), counters=delta)
         return len(pushed)
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 from trainer.advantages import ADVANTAGES, uses_critic
 from trainer.config import AdvantageConfig, CriticConfig, LossConfig, TrainerConfig, problems
 from trainer.losses import POLICY_LOSSES, LossFn, LossStats, PolicyLossParams, make_policy_loss
-from trainer.rank import NonFiniteLoss, TrainerRank
+from trainer.rank import TrainerRank
 from trainer.step_result import StepResult
 from trainer.step_result import merge as merge_step_results
 from trainer.weight_sync import TRANSPORTS, Buckets, TransportOptions, WeightSyncError, WeightTransport
 
 __all__ = ["ADVANTAGES", "POLICY_LOSSES", "TRANSPORTS", "AdvantageConfig", "Buckets", "CriticConfig", "LossConfig",
-           "LossFn", "LossStats", "NonFiniteLoss", "PolicyLossParams", "StepResult", "TrainerConfig", "TrainerRank",
+           "LossFn", "LossStats", "PolicyLossParams", "StepResult", "TrainerConfig", "TrainerRank",
            "TransportOptions", "WeightSyncError", "WeightTransport", "make_policy_loss", "merge_step_results",
            "problems", "uses_critic"]

@@ -17,14 +17,17 @@ Invariants:
   the first invariant, pi_prox is exactly `logp.detach()` of the gradient pass (the weights change only after
   the last micro-batch), so a separate no-grad policy forward runs only when the advantages need pi_prox
   before the update (KL folded into the reward) or when `trainer.prox_forward=separate` asks for it;
-- `weight_buckets` is collective under ZeRO-3 (every rank must iterate it): parameters are gathered a bucket at a
-  time.
+- sending weights is collective under ZeRO-3 (every rank iterates the buckets): parameters are gathered a bucket
+  at a time;
+- a loss that is not finite on any rank makes every rank skip that optimizer step (trainer/nonfinite.py).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -33,6 +36,7 @@ from trainer.advantages import ADVANTAGES, uses_critic
 from trainer.batch import TrainBatch, build_train_batch, last_token_rewards
 from trainer.config import TrainerConfig
 from trainer.grad_norms import exact_grad_norms, prompt_means, proxy_grad_norms
+from trainer.nonfinite import finite_on_every_rank, frozen
 from trainer.losses import LossFn, aggregate, kl_estimate, token_entropy, token_logprobs, value_loss
 from trainer.precision import float32_lm_head
 from trainer.value_model import ValueModel
@@ -40,8 +44,7 @@ from trainer.step_plan import MiniBatch, StepPlan, plan_step
 from trainer.step_result import UPDATE_STATS, StepResult
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+log = logging.getLogger("slipstream.trainer")
 
 
 def _zero_loss(engine) -> torch.Tensor:
@@ -202,13 +205,14 @@ class TrainerRank:
     def update(self, loss_fn: LossFn) -> StepResult:
         """ppo_epochs x mini_batches_per_step optimizer steps of `loss_fn` (one by default); the step's result."""
         t0, st = time.perf_counter(), self._step
-        totals, proxy, grad_norms = dict.fromkeys(UPDATE_STATS, 0.0), (None, 0.0), []
+        totals, proxy, grad_norms, skipped = dict.fromkeys(UPDATE_STATS, 0.0), (None, 0.0), [], 0
         for i, mini in enumerate(st.plan.mini_batches):
             rows = self._rows(st, mini)
             step_totals, step_proxy, grad_norm = self._policy_update(st, rows, mini, loss_fn)
             if i == 0:  # the first step's pass is at the weights before the update
                 proxy = step_proxy
             grad_norms.append(grad_norm)
+            skipped += step_totals.pop("skipped_steps", 0)
             for k, v in step_totals.items():
                 totals[k] += v / self._updates_per_batch  # the mean over this batch's optimizer steps
         if st.before["prox"] is not None:  # else the (single) gradient pass measured it: see _policy_update
@@ -218,7 +222,7 @@ class TrainerRank:
         value = self._critic_update(st) if self.critic is not None else None
         st.seconds += time.perf_counter() - t0
         self._step, self.batches_trained = None, self.batches_trained + 1
-        return self._result(st, totals, value, grad_norms)
+        return replace(self._result(st, totals, value, grad_norms), skipped_steps=skipped)
 
     def train_batch(self, encoded_groups: list[bytes], loss_fn: LossFn) -> StepResult:
         """All phases of one step in one call (scripts and tests; the driver calls them one by one, timed)."""
@@ -319,8 +323,9 @@ class TrainerRank:
         prox_all = before["prox"][rows] if before["prox"] is not None else None
         ref_all = before["ref"][rows] if before["ref"] is not None else None
         adv_all = st.advantages[rows] if len(rows) else None
-        totals = dict.fromkeys(UPDATE_STATS, 0.0)
-        for sl in self._slices(len(batch.rewards)):
+        totals, skipped = dict.fromkeys(UPDATE_STATS, 0.0), False
+        slices = self._slices(len(batch.rewards))
+        for n_mb, sl in enumerate(slices):
             mb = batch.select(sl)
             if not len(mb.rewards):  # this rank has fewer rows than micro-batches: a zero step keeps ranks in step
                 loss = _zero_loss(self.engine)
@@ -351,12 +356,17 @@ class TrainerRank:
                 if prox_all is None:  # pi_prox from this pass; a separate forward's is measured over the batch
                     totals["logprob_gap"] += _gap_sum(prox, mb) / step_tokens
                 totals["loss"] += loss.item()
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"rank {self.rank}: loss is {loss.item()} before the step; the step was not "
-                                    f"taken and the batch stays in the buffer. Lower trainer.lr or check rewards")
+            skipped = not finite_on_every_rank(loss, self.world_size) or skipped
+            if skipped:  # every rank goes on with zero losses (their all-reduces still match), then steps at lr 0
+                loss = _zero_loss(self.engine)
             # DeepSpeed averages gradients over ranks; the loss is already this rank's share of the step's sum
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            self.engine.step()
+            with frozen(self.engine) if skipped and n_mb == len(slices) - 1 else contextlib.nullcontext():
+                self.engine.step()
+        if skipped:
+            log.warning("rank %d: a loss was not finite on some rank; every rank skipped this optimizer step",
+                        self.rank)
+            totals = dict.fromkeys(UPDATE_STATS, 0.0) | {"skipped_steps": 1}
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
         if before["grad_norms"] is not None:
@@ -364,8 +374,8 @@ class TrainerRank:
         return totals, (torch.cat(proxy_norms) if proxy_norms else None, proxy_s), grad_norm
 
     def _critic_update(self, st: _Step) -> float:
-        total, step_tokens = 0.0, max(st.response_tokens, 1)
-        for sl in st.slices:
+        total, step_tokens, skipped = 0.0, max(st.response_tokens, 1), False
+        for n_mb, sl in enumerate(st.slices):
             mb = st.batch.select(sl)
             if not len(mb.rewards):
                 loss = _zero_loss(self.critic)
@@ -374,42 +384,25 @@ class TrainerRank:
                 per_token = value_loss(values, st.before["values"][sl], st.returns[sl], self.cfg.critic.value_clip)
                 loss = aggregate(per_token, mb.response_mask, "token_mean", step_tokens=step_tokens, step_sequences=1)
                 total += loss.item()
+            skipped = not finite_on_every_rank(loss, self.world_size) or skipped  # as in _policy_update
+            if skipped:
+                loss = _zero_loss(self.critic)
             self.critic.backward(loss * self.world_size, scale_wrt_gas=False)
-            self.critic.step()
-        return total
+            with frozen(self.critic) if skipped and n_mb == len(st.slices) - 1 else contextlib.nullcontext():
+                self.critic.step()
+        return 0.0 if skipped else total
 
-    def weight_buckets(self) -> "Buckets":
-        """The policy's weights as Hugging Face names -> full tensors in the training dtype, in buckets of about
-        trainer.weight_bucket_mb; collective under ZeRO-3 (every rank iterates: each bucket's shards are gathered
-        together, and released when the next bucket is asked for)."""
-        from trainer.weight_sync import Buckets, plan_buckets
+    def _weight_buckets(self):
+        from trainer.weight_sync import module_buckets
 
-        params = list(self.engine.module.named_parameters())
-        shapes = [tuple(p.ds_shape) if hasattr(p, "ds_id") else tuple(p.shape) for _, p in params]
-        sizes = [p.element_size() * int(torch.Size(s).numel()) for (_, p), s in zip(params, shapes)]
-        plan = plan_buckets(sizes, self.cfg.weight_bucket_mb * 2**20)
-        layout = [[(params[i][0], str(params[i][1].dtype).removeprefix("torch."), shapes[i]) for i in idx]
-                  for idx in plan]
-
-        def produce():
-            import deepspeed
-
-            for idx in plan:
-                bucket = [params[i] for i in idx]
-                if any(hasattr(p, "ds_id") for _, p in bucket):  # ZeRO-3 shards: gather the bucket at once
-                    with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
-                        yield [(name, p.data.detach()) for name, p in bucket]
-                else:
-                    yield [(name, p.data.detach()) for name, p in bucket]
-
-        return Buckets(layout, produce)
+        return module_buckets(self.engine.module, self.cfg.weight_bucket_mb * 2**20)
 
     def send_weights(self, version: int) -> dict:
         t0 = time.perf_counter()
         if self.rank == 0:
-            nbytes = self.transport.send(version, self.weight_buckets())
+            nbytes = self.transport.send(version, self._weight_buckets())
         else:
-            for _ in self.weight_buckets():  # take part in the ZeRO-3 gathers
+            for _ in self._weight_buckets():  # take part in the ZeRO-3 gathers
                 pass
             nbytes = 0
         return {"seconds": time.perf_counter() - t0, "bytes": nbytes}

@@ -31,6 +31,7 @@ class StepResult:
     # the same on every rank
     grad_norm: float | None = None  # global gradient norm before clipping, mean over the batch's optimizer steps
     optimizer_steps: int = 0
+    skipped_steps: int = 0  # optimizer steps every rank skipped because a loss was not finite on some rank
     sequences: int = 0  # of the whole batch
     reward_mean: float = 0.0
     response_len_mean: float = 0.0

@@ -15,8 +15,8 @@ only once every receiver has acknowledged: it holds the weights (store, disk) or
 nccl, whose buffers are reused or streamed), so the trainer may then bump the policy version. A receiver that
 fails or does not answer within `trainer.weight_sync_timeout_s` is a WeightSyncError naming it.
 
-Weights arrive in buckets of about `trainer.weight_bucket_mb` (TrainerRank.weight_buckets gathers each bucket's
-ZeRO-3 shards at once); on the GPU a bucket's copy or broadcast is queued on the stream, so the next bucket is
+Weights arrive in buckets of about `trainer.weight_bucket_mb` (`module_buckets` gathers each bucket's
+ZeRO-3 shards at once: module_buckets); on the GPU a bucket's copy or broadcast is queued on the stream, so the next bucket is
 gathered while the last one is still moving.
 """
 from __future__ import annotations
@@ -121,6 +121,31 @@ class Buckets:
         buckets = [[tensors[i] for i in idx] for idx in plan]
         return cls([[(n, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in b] for b in buckets],
                    lambda: iter(buckets))
+
+
+def module_buckets(module: torch.nn.Module, bucket_bytes: int) -> Buckets:
+    """A module's weights as Hugging Face names -> full tensors in the training dtype, in buckets of about
+    `bucket_bytes`; collective under ZeRO-3 (every rank iterates: each bucket's shards are gathered together, and
+    released when the next bucket is asked for)."""
+    params = list(module.named_parameters())
+    shapes = [tuple(p.ds_shape) if hasattr(p, "ds_id") else tuple(p.shape) for _, p in params]
+    sizes = [p.element_size() * int(torch.Size(s).numel()) for (_, p), s in zip(params, shapes)]
+    plan = plan_buckets(sizes, bucket_bytes)
+    layout = [[(params[i][0], str(params[i][1].dtype).removeprefix("torch."), shapes[i]) for i in idx]
+              for idx in plan]
+
+    def produce() -> Iterator[Bucket]:
+        import deepspeed
+
+        for idx in plan:
+            bucket = [params[i] for i in idx]
+            if any(hasattr(p, "ds_id") for _, p in bucket):  # ZeRO-3 shards: gather the bucket at once
+                with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
+                    yield [(name, p.data.detach()) for name, p in bucket]
+            else:
+                yield [(name, p.data.detach()) for name, p in bucket]
+
+    return Buckets(layout, produce)
 
 
 @TRANSPORTS.register("store")

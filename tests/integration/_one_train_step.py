@@ -23,8 +23,9 @@ from buffer.api import Group, Sample, encode_group  # noqa: E402
 from trainer.api import TrainerConfig, TrainerRank, make_policy_loss  # noqa: E402
 
 
-def groups(vocab: int) -> list[bytes]:
-    """4 prompts x 3 samples of random tokens, mixed rewards, behaviour log-probs slightly off-policy."""
+def groups(vocab: int, nan_group: int = -1) -> list[bytes]:
+    """4 prompts x 3 samples of random tokens, mixed rewards, behaviour log-probs slightly off-policy (NaN rewards in
+    group `nan_group`: a fault injected into one rank's share)."""
     rng = np.random.default_rng(0)
     out = []
     for g in range(4):
@@ -32,8 +33,9 @@ def groups(vocab: int) -> list[bytes]:
         samples = []
         for j in range(3):
             resp = rng.integers(1, vocab, size=2 + (g + j) % 4).astype(np.int32)
+            reward = float("nan") if g == nan_group else float((g + j) % 2)
             samples.append(Sample(prompt, resp, rng.uniform(-4, -1, len(resp)).astype(np.float32),
-                                  np.zeros(len(resp), np.int32), float((g + j) % 2), "stop"))
+                                  np.zeros(len(resp), np.int32), reward, "stop"))
         out.append(encode_group(Group(f"p{g}", "", samples)))
     return out
 
@@ -48,6 +50,7 @@ if __name__ == "__main__":
     ap.add_argument("--world-size", type=int, default=1)
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--nan-group", type=int, default=-1)
     args = ap.parse_args()
     port = args.port
     if not port:
@@ -58,7 +61,7 @@ if __name__ == "__main__":
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), overrides))
     rank = TrainerRank(args.rank, args.world_size, "127.0.0.1", port, args.model, cfg, seed=0,
                        temperature=args.temperature)
-    batch = torch.load(args.groups) if args.groups else groups(rank.engine.module.config.vocab_size)
+    batch = torch.load(args.groups) if args.groups else groups(rank.engine.module.config.vocab_size, args.nan_group)
     before = {k: v.detach().clone() for k, v in rank.engine.module.state_dict().items()}
     result = rank.train_batch(batch, make_policy_loss(cfg.loss))
     torch.save({"before": before, "weights": {k: v.detach().clone() for k, v in rank.engine.module.state_dict().items()},

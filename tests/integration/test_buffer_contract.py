@@ -115,6 +115,69 @@ def test_popped_batch_is_claimed_until_commit_and_reclaimed_after_a_crash(redis_
     assert survivor.pop(2, consumer="trainer-new", timeout_s=0.3) is None
 
 
+def test_a_slow_consumer_never_gets_its_own_groups_twice(redis_server, key_prefix):
+    """Its held and handed-out groups outlive claim_idle_s without being claimed again (before the fix a 4-group pop
+    returned p1, p2, p1, p2, and a later pop returned a batch still in training)."""
+    buf = make_buffer(redis_server, key_prefix, eta=4, B=4, claim_idle_s=0.1)
+    buf.admit(6)
+    buf.push([group(0, "p1"), group(0, "p2")])
+    assert buf.pop(4, timeout_s=0.5) is None  # waits past claim_idle_s holding p1, p2
+    buf.push([group(0, "p3"), group(0, "p4")])
+    first = buf.pop(4, timeout_s=2)
+    assert sorted(g.prompt_id for g in first.groups) == ["p1", "p2", "p3", "p4"]
+    time.sleep(0.2)  # the step takes longer than claim_idle_s
+    buf.push([group(0, "p5"), group(0, "p6")])
+    assert buf.pop(4, timeout_s=0.5) is None  # only p5, p6 are new: nothing of the batch in training comes back
+    buf.commit(first)
+    assert buf.stats()["buffered"] == 2
+
+
+def test_a_released_batch_is_handed_out_again_first(redis_server, key_prefix):
+    buf = make_buffer(redis_server, key_prefix, eta=4, B=2)
+    buf.admit(3)
+    buf.push([group(0, "a"), group(0, "b"), group(0, "c")])
+    failed = buf.pop(2, timeout_s=2)
+    buf.release(failed)  # the step that popped it failed before commit
+    again = buf.pop(2, timeout_s=2)
+    assert again.entry_ids == failed.entry_ids and again.staleness == failed.staleness
+    buf.commit(again)
+    assert [g.prompt_id for g in buf.pop(1, timeout_s=2).groups] == ["c"]
+
+
+def test_groups_from_weights_newer_than_the_version_are_evicted_not_trained(redis_server, key_prefix):
+    """After a resume from an older checkpoint the stream may hold groups of later versions: before the fix they
+    were popped at staleness -10 and trained on as if they were older."""
+    buf = make_buffer(redis_server, key_prefix, eta=2, B=2)
+    buf.admit(2)
+    buf.push([group(10, "future"), group(0, "now")])
+    assert buf.pop(2, timeout_s=0.5) is None
+    assert buf.stats()["dropped_stale"] == 1
+    buf.admit(1)
+    buf.push([group(0, "now2")])
+    batch = buf.pop(2, timeout_s=2)
+    assert [g.prompt_id for g in batch.groups] == ["now", "now2"] and min(batch.staleness) >= 0
+
+
+def test_a_dead_workers_reservations_go_back_when_its_lease_expires(redis_server, key_prefix):
+    """Before leases a worker that died with groups in flight kept their slots forever: capacity shrank with every
+    crash until the run stalled."""
+    buf = connect(redis_server.url, key_prefix, BufferConfig(eta=0, groups_per_step=4, max_in_flight=100,
+                                                             max_buffered=100, lease_ttl_s=0.3))
+    buf.initialize(version=0)
+    assert buf.admit(3, holder="w0-dead") == (3, 0)
+    assert buf.admit(4, holder="w1-alive") == (1, 0)  # eta 0: one step of 4 slots
+    for _ in range(3):  # the live worker renews, the dead one is silent
+        time.sleep(0.15)
+        buf.renew("w1-alive")
+    assert buf.admit(4, holder="w1-alive") == (3, 0)  # the dead worker's 3 slots came back
+    stats = buf.stats()
+    assert stats["expired_reservations"] == 3 and stats["running"] == 4
+    buf.push([group(0)] * 4, holder="w1-alive")
+    # a worker whose lease expired but who pushes late ends only what it still holds: running never goes below 0
+    buf.push([], released=3, holder="w0-dead")
+    assert buf.stats()["running"] == 0
+
+
 def test_pop_times_out_and_keeps_partial_batch_for_next_call(redis_server, key_prefix):
     buf = make_buffer(redis_server, key_prefix, eta=4, B=2)
     buf.admit(2)

@@ -22,14 +22,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ranks(model: str, tmp_path, name: str, cfg: dict, world_size: int) -> list[dict]:
+def _ranks(model: str, tmp_path, name: str, cfg: dict, world_size: int, *extra: str, timeout: int = 600) -> list[dict]:
     port, procs = _free_port(), []
     for rank in range(world_size):
         args = [sys.executable, HELPER, model, str(tmp_path / f"{name}{rank}.pt"), "--cfg", json.dumps(cfg),
-                "--world-size", str(world_size), "--rank", str(rank), "--port", str(port)]
+                "--world-size", str(world_size), "--rank", str(rank), "--port", str(port), *extra]
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for p in procs:
-        _, err = p.communicate(timeout=600)
+        _, err = p.communicate(timeout=timeout)
         assert p.returncode == 0, err[-4000:]
     return [torch.load(tmp_path / f"{name}{rank}.pt") for rank in range(world_size)]
 
@@ -61,3 +61,13 @@ def test_two_ranks_compute_what_one_rank_computes(tiny_model_path, tmp_path, cfg
         # Adam's first step is g / (|g| + eps) per element: where a gradient is ~0 by cancellation, the summation
         # order of two ranks flips a few elements (1e-5 of them, measured); the update as a whole agrees to 1e-4
         assert float((other - update).norm() / update.norm()) < 1e-3
+
+
+def test_a_nan_loss_on_one_rank_makes_every_rank_skip_the_step_together(tiny_model_path, tmp_path):
+    """Group p3 carries NaN rewards, so only the rank that trains it sees a NaN loss. Before the fix that
+    rank raised before backward while the other waited in the gradient all-reduce forever (here: the timeout)."""
+    ranks = _ranks(tiny_model_path, tmp_path, "nan", {}, 2, "--nan-group", "3", timeout=240)
+    for r in ranks:
+        assert r["result"]["skipped_steps"] == 1
+        assert all(torch.equal(w, r["before"][n]) for n, w in r["weights"].items())  # nobody moved
+        assert r["result"]["loss"] == 0.0  # the skipped step's statistics are not mixed into the metrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from buffer.staleness import admission_capacity, is_too_stale, staleness
+from buffer.staleness import admission_capacity, is_usable, staleness
 
 
 def test_admission_capacity_synchronous_eta0_at_version0_admits_exactly_one_step():
@@ -72,5 +72,11 @@ def test_staleness_is_current_minus_oldest_token_version():
         (4, 3, 0, True),  # synchronous: staleness 1, 1 > 0
     ],
 )
-def test_is_too_stale_only_beyond_eta(current, oldest, eta, expected):
-    assert is_too_stale(current, oldest, eta) is expected
+def test_too_stale_only_beyond_eta(current, oldest, eta, expected):
+    assert is_usable(current, oldest, eta) is not expected
+
+
+def test_usable_means_neither_staler_than_eta_nor_newer_than_the_version():
+    assert is_usable(5, 3, eta=2) and is_usable(5, 5, eta=0)
+    assert not is_usable(5, 2, eta=2)  # staleness 3 > 2
+    assert not is_usable(0, 10, eta=2)  # made by weights newer than the trainer's: staleness -10
