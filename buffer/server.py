@@ -51,7 +51,10 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A private server process on 127.0.0.1:<free port>. Use as a context manager or call stop()."""
 
-    def __init__(self, data_dir: str | None = None, start_timeout_s: float = 20.0):
+    def __init__(self, data_dir: str | None = None, start_timeout_s: float = 20.0, durable: bool = False):
+        """durable: an append-only file under `data_dir`, synced every second, that a server started again on the
+        same directory replays (the buffer, the prompt statistics and the version survive the server and the
+        driver); the directory is then kept."""
         self.binary = find_server_binary()
         self.port = free_port()
         self._own_dir = data_dir is None
@@ -59,7 +62,8 @@ class EmbeddedRedis:
         os.makedirs(self.data_dir, exist_ok=True)
         self.log_path = os.path.join(self.data_dir, "server.log")
         args = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.data_dir,
-                "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--logfile", self.log_path]
+                "--save", "", "--protected-mode", "yes", "--logfile", self.log_path,
+                *(["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"])]
         # Own process group: a Ctrl-C in the terminal reaches the driver, which then stops us in order.
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)

@@ -47,6 +47,9 @@ class RunConfig:
     call_timeout_s: float = 1800.0  # any one call to the trainer ranks or a worker (a phase, a sync, an evaluation)
     ray_address: Optional[str] = None  # None: start a local Ray instance; "auto" or host:port: join a cluster
     tensorboard: bool = True  # TensorBoard events under <run dir>/tensorboard (metrics.jsonl is always written)
+    checkpoint_every: int = 50  # a checkpoint every K steps (0: only at the end) under <run dir>/checkpoints
+    keep_checkpoints: int = 2  # the newest K are kept
+    resume: str = ""  # a run directory (its newest checkpoint) or "latest" (the newest under runs/): continue it
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

@@ -19,6 +19,7 @@ import os
 import time
 
 from buffer.api import METRIC_COUNTERS, Buffer, PoppedBatch
+from launcher import checkpoints
 from launcher.config import SlipstreamConfig
 from launcher.eval_sets import EvalSet
 from launcher.metrics import MetricsWriter, pass_rate_histogram
@@ -42,8 +43,9 @@ class TrainerGroup:
 
 class TrainingLoop:
     def __init__(self, cfg: SlipstreamConfig, buffer: Buffer, workers: list, ranks: list, run_dir: str,
-                 eval_sets: list[EvalSet]):
-        """eval_sets: loaded and checked before the run (launcher.config.check_data)."""
+                 eval_sets: list[EvalSet], resumed: dict | None = None):
+        """eval_sets: loaded and checked before the run (launcher.config.check_data); resumed: the state of the
+        checkpoint this run continues from (launcher/checkpoints.py), or None."""
         self.cfg, self.buffer, self.workers, self.run_dir, self.eval_sets = cfg, buffer, workers, run_dir, eval_sets
         self.trainers = TrainerGroup(ranks, cfg.run.call_timeout_s)
         self.loss_fn = make_policy_loss(cfg.trainer.loss)  # the trainer is handed the loss, it does not pick one
@@ -51,6 +53,10 @@ class TrainingLoop:
         self.timers: dict[str, float] = {}
         self.eval_seconds = 0.0
         self.totals = {"train_tokens": 0, "train_s": 0.0, "sync_s": 0.0}
+        self.resumed, self.start_step, self.elapsed_before = resumed, 0, {"elapsed_s": 0.0, "train_elapsed_s": 0.0}
+        if resumed:
+            self.start_step, self.totals = resumed["step"], resumed["totals"]
+            self.elapsed_before = {k: resumed[k] for k in self.elapsed_before}
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -74,20 +80,43 @@ class TrainingLoop:
         self._get([r.__ray_ready__.remote() for r in self.trainers.ranks + self.workers])
         self.t_start = time.time()
         self.first_eval = self.last_eval = self.evaluate()
-        self.metrics.write(0, {**self.first_eval, "version": self.buffer.version(), "elapsed_s": 0.0,
-                               "train_elapsed_s": 0.0})
+        self.metrics.write(self.start_step, {**self.first_eval, "version": self.buffer.version(),
+                                             **self.elapsed_before, **({"resumed": 1} if self.resumed else {})})
+        if self.resumed:  # "before" stays the run's start; the prompt sources go on where they stood
+            self.first_eval = self.resumed["first_eval"]
+            self._get([w.restore_prompt_cursor.remote(c) for w, c in zip(self.workers, self.resumed["cursors"])])
         self.runs = [w.run.remote() for w in self.workers]
         self.prev_gen, self.prev_t = self.buffer.stats()["gen_tokens"], time.time()
-        step = 0
+        step = self.start_step
         try:
-            for step in range(1, cfg.run.total_steps + 1):
-                if self.step(step):
+            for step in range(self.start_step + 1, cfg.run.total_steps + 1):
+                out_of_time = self.step(step)
+                if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 or out_of_time \
+                        or step == cfg.run.total_steps:
+                    self.checkpoint(step)  # after commit: a checkpoint never holds a batch twice
+                if out_of_time:
                     break
         finally:  # also after an error or Ctrl-C: what was logged is plotted
             self.metrics.close()
             self.t_end = time.time()  # the run's wall-clock ends here, not after the plots
             self._plot()
         return self._summary(step)
+
+    def checkpoint(self, step: int) -> None:
+        """Every trainer rank's state, the policy as a Hugging Face model, and the driver's state (atomic)."""
+        with self.phase("checkpoint"):
+            partial = checkpoints.begin(self.run_dir, step)
+            self.trainers.call("save_checkpoint", partial)
+            now = time.time()
+            state = {"step": step, "version": self.buffer.version(), "prefix": self.buffer.prefix,
+                     "cursors": self._get([w.prompt_cursor.remote() for w in self.workers]),
+                     "first_eval": self.first_eval, "totals": self.totals,
+                     "elapsed_s": self.elapsed_before["elapsed_s"] + now - self.t_start,
+                     "train_elapsed_s": self._train_elapsed(now), "config": dataclasses.asdict(self.cfg)}
+            checkpoints.finish(partial, state, self.cfg.run.keep_checkpoints)
+
+    def _train_elapsed(self, now: float) -> float:
+        return self.elapsed_before["train_elapsed_s"] + now - self.t_start - self.eval_seconds
 
     def _plot(self) -> None:
         try:
@@ -125,7 +154,6 @@ class TrainingLoop:
         if evaluated:
             with self.phase("evaluate"):
                 self.last_eval = self.evaluate()
-        # checkpoints (issue #16) go here: after commit, so a checkpoint never holds a batch twice
         m = self._step_metrics(batch, result, version, elapsed)
         if evaluated:
             m.update(self.last_eval)
@@ -185,7 +213,7 @@ class TrainingLoop:
              "dropped_stale": batch.dropped_stale, "dropped_stale_total": stats["dropped_stale"],
              "gen_tokens_per_s": (stats["gen_tokens"] - self.prev_gen) / max(now - self.prev_t, 1e-9),
              "gen_tokens_total": stats["gen_tokens"], **{f"{k}_total": stats[k] for k in METRIC_COUNTERS},
-             "elapsed_s": elapsed, "train_elapsed_s": now - self.t_start - self.eval_seconds,
+             "elapsed_s": self.elapsed_before["elapsed_s"] + elapsed, "train_elapsed_s": self._train_elapsed(now),
              **self.timers, "train_s": train_s, **self._allocation_metrics(result, version)}
         for k in ("tokens", "seconds"):
             m.pop(k)  # as trainer_tokens and the phase timers

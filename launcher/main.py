@@ -12,6 +12,7 @@ import sys
 import uuid
 
 from buffer.api import EmbeddedRedis, connect, free_port
+from launcher import checkpoints
 from launcher.config import SlipstreamConfig, check_data, validate
 from launcher.loop import TrainingLoop
 
@@ -22,31 +23,40 @@ def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
     """Run one job; returns the summary (also written to <run_dir>/summary.json)."""
     validate(cfg)
     evaluation = check_data(cfg)  # reads the prompts as a worker would: a bad file or key fails here, not later
+    ckpt, state = None, None
+    if cfg.run.resume:  # the same run goes on: its directory, Redis data, key prefix, version and weights
+        run_dir, ckpt = checkpoints.find(cfg.run.resume, os.path.abspath("runs"))
+        state = checkpoints.load_state(ckpt)
+        log.warning("resuming %s from %s (step %d, version %d)", run_dir, ckpt, state["step"], state["version"])
     os.makedirs(run_dir, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM unwinds like Ctrl-C
     with contextlib.ExitStack() as cleanup:
-        redis_url = cfg.buffer.redis_url or _start_embedded_redis(cleanup)
+        redis_url = cfg.buffer.redis_url or _start_embedded_redis(cleanup, os.path.join(run_dir, "redis"))
         _start_ray(cfg, cleanup)
-        prefix = cfg.buffer.key_prefix or f"slipstream:{cfg.run.name}:{uuid.uuid4().hex[:8]}"
+        prefix = state["prefix"] if state else (
+            cfg.buffer.key_prefix or f"slipstream:{cfg.run.name}:{uuid.uuid4().hex[:8]}")
         buffer = connect(redis_url, prefix, cfg.buffer)
         cleanup.callback(buffer.close)
-        buffer.initialize(version=0)  # stores the bound that every worker checks when it connects
-        workers = _start_workers(cfg, redis_url, prefix, cleanup)
+        # stores the bound that every worker checks when it connects; on resume, rebases on the checkpoint
+        buffer.initialize(version=state["version"] if state else 0)
+        workers = _start_workers(cfg, redis_url, prefix, cleanup, os.path.join(ckpt, "hf") if ckpt else None)
         trainers = _start_trainers(cfg, cleanup)
         import ray
 
+        if ckpt:
+            ray.get([r.load_checkpoint.remote(ckpt) for r in trainers], timeout=cfg.run.call_timeout_s)
         ray.get(trainers[0].set_transport.remote(cfg.trainer.weight_transport, workers,
                                                  os.path.join(os.path.abspath(run_dir), "weights")),
                 timeout=cfg.run.call_timeout_s)
         try:
-            return TrainingLoop(cfg, buffer, workers, trainers, run_dir, evaluation).run()
+            return TrainingLoop(cfg, buffer, workers, trainers, run_dir, evaluation, resumed=state).run()
         except KeyboardInterrupt:
             print("\ninterrupted: stopping rollout workers, trainers, Ray and Redis", flush=True)
             raise
 
 
-def _start_embedded_redis(cleanup: contextlib.ExitStack) -> str:
-    server = EmbeddedRedis()
+def _start_embedded_redis(cleanup: contextlib.ExitStack, data_dir: str) -> str:
+    server = EmbeddedRedis(data_dir=data_dir, durable=True)  # a resume replays its append-only file
     cleanup.callback(server.stop)
     log.info("embedded Redis at %s", server.url)
     return server.url
@@ -72,14 +82,16 @@ def _start_ray(cfg: SlipstreamConfig, cleanup: contextlib.ExitStack) -> None:
     cleanup.callback(ray.shutdown)
 
 
-def _start_workers(cfg: SlipstreamConfig, redis_url: str, prefix: str, cleanup: contextlib.ExitStack) -> list:
+def _start_workers(cfg: SlipstreamConfig, redis_url: str, prefix: str, cleanup: contextlib.ExitStack,
+                   model_path: str | None = None) -> list:
+    """model_path: the weights to start from (a resumed run's checkpoint), else model.path."""
     import ray
 
     from rollout.api import RolloutActor
 
     actor = ray.remote(RolloutActor).options(num_cpus=cfg.rollout.cpus_per_worker,
                                               num_gpus=cfg.rollout.gpus_per_worker, max_concurrency=4)
-    workers = [actor.remote(i, os.path.abspath(cfg.model.path), cfg.rollout, cfg.data, cfg.task, cfg.buffer,
+    workers = [actor.remote(i, os.path.abspath(model_path or cfg.model.path), cfg.rollout, cfg.data, cfg.task, cfg.buffer,
                             cfg.reward, redis_url, prefix, cfg.run.seed)
                for i in range(cfg.rollout.num_workers)]
     cleanup.callback(_stop_workers, workers)

@@ -154,6 +154,16 @@ class RolloutWorker:
         scored = scorer.score_groups([(p["text"], [c.text for c in o], p["fields"]) for p, o in zip(prompts, outs)])
         return [[s.reward for s in g.samples] for g in scored]
 
+    def prompt_cursor(self) -> dict | None:
+        """Where this worker's prompt source stands (a checkpoint saves it), or None for an endless one."""
+        return self.prompts.state() if hasattr(self.prompts, "state") else None
+
+    def restore_prompt_cursor(self, cursor: dict | None) -> None:
+        """Continue the prompt source from a checkpoint's cursor (before `run`)."""
+        if cursor is not None and hasattr(self.prompts, "restore"):
+            self.prompts.restore(cursor)
+            self._planned.clear()  # drawn from the old position
+
     def held_out_prompts(self) -> list[dict]:
         return [{"text": p.text, "fields": p.fields} for p in self.prompts.held_out()]
 

@@ -91,6 +91,7 @@ class TrainerRank:
         # engine sampled from, so that pi_theta, pi_prox and the behaviour mu compare like with like.
         self.temperature = temperature
         self.seed, self.batches_trained = seed, 0  # both seed the mini-batch shuffles (trainer.ppo_epochs > 1)
+        self.model_path = model_path
         self.use_gpu = cfg.gpus_per_rank > 0
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
@@ -391,6 +392,17 @@ class TrainerRank:
             with frozen(self.critic) if skipped and n_mb == len(st.slices) - 1 else contextlib.nullcontext():
                 self.critic.step()
         return 0.0 if skipped else total
+
+    def save_checkpoint(self, path: str) -> None:
+        """Collective: this rank's DeepSpeed state under `path`; rank 0 also the Hugging Face model (trainer/checkpoint.py)."""
+        from trainer import checkpoint
+
+        checkpoint.save(self, path)
+
+    def load_checkpoint(self, path: str) -> None:
+        from trainer import checkpoint
+
+        checkpoint.load(self, path)
 
     def _weight_buckets(self):
         from trainer.weight_sync import module_buckets

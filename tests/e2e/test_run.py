@@ -25,8 +25,9 @@ def train_cmd(run_dir: str, model: str, *overrides: str) -> list[str]:
             f"model.path={model}", f"hydra.run.dir={run_dir}", "run.tensorboard=true", *overrides]
 
 
-def run_job(run_dir, model, *overrides, timeout=1500) -> tuple[dict, list[dict]]:
-    """Run the job in its own session; on timeout stop the whole group (driver, Ray, engines, Redis)."""
+def run_job(run_dir, model, *overrides, timeout=1500, summary_dir=None) -> tuple[dict, list[dict]]:
+    """Run the job in its own session; on timeout stop the whole group (driver, Ray, engines, Redis). A resumed run
+    writes into the run it continues: `summary_dir`."""
     proc = subprocess.Popen(train_cmd(str(run_dir), model, *overrides), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -36,6 +37,7 @@ def run_job(run_dir, model, *overrides, timeout=1500) -> tuple[dict, list[dict]]
         out, err = proc.communicate(timeout=120)
         pytest.fail(f"run did not finish within {timeout}s:\n{out[-3000:]}")
     assert proc.returncode == 0, out[-3000:] + err[-5000:]
+    run_dir = summary_dir or run_dir
     with open(run_dir / "summary.json") as f:
         summary = json.load(f)
     with open(run_dir / "metrics.jsonl") as f:

@@ -1,0 +1,76 @@
+"""Checkpoints and resume, end to end (real Ray, real engines, real DeepSpeed, the embedded Redis with its
+append-only file): a run checkpoints and continues where it stopped, and a driver killed mid-run (with its Ray
+and its Redis: the machine went away) is resumed from its last checkpoint and the buffer's file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import psutil
+import pytest
+import torch
+
+from tests.e2e.test_run import ROOT, run_job, train_cmd
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+SHORT = ("run.eval_every=1000", "run.eval_samples=0", "buffer.eta=1", "run.tensorboard=false")
+
+
+def records(run_dir) -> list[dict]:
+    with open(run_dir / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def check_continuation(run_dir, resumed_at: int, total: int, eta: int = 1) -> None:
+    steps = [r for r in records(run_dir) if "staleness_max" in r]
+    after = [r for r in steps if r["step"] > resumed_at]
+    assert [r["step"] for r in after] == list(range(resumed_at + 1, total + 1))
+    assert [r["version"] for r in after] == list(range(resumed_at + 1, total + 1))  # the version went on from it
+    assert all(0 <= r["staleness_max"] <= eta for r in steps)  # before and after the resume
+
+
+def test_a_run_checkpoints_and_resumes_where_it_stopped(tmp_path, tiny_model_path):
+    summary, _ = run_job(tmp_path, tiny_model_path, "run.total_steps=4", "run.checkpoint_every=2", *SHORT)
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(os.listdir(ckpts)) == ["latest", "step-000002", "step-000004"]
+    assert (ckpts / "latest").read_text() == "step-000004"
+    state = json.loads((ckpts / "step-000004" / "state.json").read_text())
+    assert state["step"] == 4 and state["version"] == 4
+    from transformers import AutoModelForCausalLM  # the checkpoint's model loads as it is, with trained weights
+
+    trained = AutoModelForCausalLM.from_pretrained(ckpts / "step-000004" / "hf").state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
+
+    resumed, _ = run_job(tmp_path / "again", tiny_model_path, f"run.resume={tmp_path}", "run.total_steps=6",
+                         "run.checkpoint_every=2", *SHORT, summary_dir=tmp_path)
+    assert resumed["steps"] == 6
+    check_continuation(tmp_path, 4, 6)
+    assert sorted(os.listdir(ckpts)) == ["latest", "step-000004", "step-000006"]  # the newest 2 kept
+
+
+def test_a_killed_driver_resumes_from_its_last_checkpoint_and_buffer(tmp_path, tiny_model_path):
+    proc = subprocess.Popen(train_cmd(str(tmp_path), tiny_model_path, "run.total_steps=100000",
+                                      "run.checkpoint_every=3", *SHORT),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    latest, deadline = tmp_path / "checkpoints" / "latest", time.monotonic() + 600
+    while not (latest.exists() and latest.read_text() >= "step-000006"):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached its second checkpoint"
+        time.sleep(0.5)
+    job = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in job:  # the driver, Ray and the Redis server die at once, mid-step
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=60)
+    psutil.wait_procs([psutil.Process(p) for p in job if psutil.pid_exists(p)], timeout=30)
+    at = json.loads((tmp_path / "checkpoints" / latest.read_text() / "state.json").read_text())["step"]
+    assert os.path.getsize(next((tmp_path / "redis").rglob("*.aof*"))) > 0  # the buffer's file is there to replay
+
+    resumed, _ = run_job(tmp_path / "again", tiny_model_path, f"run.resume={tmp_path}", f"run.total_steps={at + 3}",
+                         "run.checkpoint_every=3", *SHORT, summary_dir=tmp_path)
+    assert resumed["steps"] == at + 3
+    check_continuation(tmp_path, at, at + 3)
