@@ -53,6 +53,7 @@ class TrainingLoop:
         self.timers: dict[str, float] = {}
         self.eval_seconds = 0.0
         self.totals = {"train_tokens": 0, "train_s": 0.0, "sync_s": 0.0}
+        self.worker_restarts = 0
         self.resumed, self.start_step, self.elapsed_before = resumed, 0, {"elapsed_s": 0.0, "train_elapsed_s": 0.0}
         if resumed:
             self.start_step, self.totals = resumed["step"], resumed["totals"]
@@ -171,12 +172,41 @@ class TrainingLoop:
             if batch is not None:
                 return batch
             done, _ = ray.wait(self.runs, timeout=0)
-            if done:
-                ray.get(done)  # re-raises the worker's exception
-                raise RuntimeError("a rollout worker stopped before the run ended")
+            for ref in done:
+                self._worker_stopped(self.runs.index(ref))
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no batch of {B} groups within run.batch_timeout_s={self.cfg.run.batch_timeout_s}s;"
                                    f" buffer: {self.buffer.stats()}")
+
+    def _worker_stopped(self, i: int) -> None:
+        """Worker i's loop ended. If its actor died and Ray restarted it (rollout.max_restarts), it gets the
+        current weights and loops again; its dead incarnation's slots come back when their lease expires. Any
+        other end (an error in the loop, restarts used up) ends the run with the worker's error."""
+        import ray
+        from ray.exceptions import ActorDiedError, RayActorError
+
+        try:
+            ray.get(self.runs[i])
+            raise RuntimeError(f"rollout worker {i} stopped before the run ended")
+        except RayActorError as e:
+            log.warning("rollout worker %d died (%s); waiting for Ray to restart it", i, str(e).splitlines()[0])
+        worker, deadline = self.workers[i], time.monotonic() + self.cfg.run.call_timeout_s
+        while True:  # until the restarted actor has built its engine
+            try:
+                self._get(worker.__ray_ready__.remote())
+                break
+            except ActorDiedError as e:  # for good: no restart left
+                raise RuntimeError(f"rollout worker {i} died and was not restarted (rollout.max_restarts="
+                                   f"{self.cfg.rollout.max_restarts} used up)") from e
+            except RayActorError:  # restarting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+        version = self.buffer.version()
+        self.trainers.call("send_weights", version)  # the weights of the version the run is at, to every worker
+        self.runs[i] = worker.run.remote()
+        self.worker_restarts += 1
+        log.warning("rollout worker %d restarted at version %d", i, version)
 
     def _bump_version(self, expected: int) -> int:
         version = self.buffer.bump_version()
@@ -253,6 +283,7 @@ class TrainingLoop:
             "weight_sync_s_mean": round(self.totals["sync_s"] / max(step, 1), 4),
             "groups_dropped_stale": stats["dropped_stale"], "eta": cfg.buffer.eta,
             "groups_per_step": cfg.buffer.groups_per_step, "workers": worker_stats,
+            "worker_restarts": self.worker_restarts, "reservations_expired": stats["expired_reservations"],
         }
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)

@@ -39,7 +39,8 @@ def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
         cleanup.callback(buffer.close)
         # stores the bound that every worker checks when it connects; on resume, rebases on the checkpoint
         buffer.initialize(version=state["version"] if state else 0)
-        workers = _start_workers(cfg, redis_url, prefix, cleanup, os.path.join(ckpt, "hf") if ckpt else None)
+        workers = _start_workers(cfg, redis_url, prefix, cleanup, os.path.join(ckpt, "hf") if ckpt else None,
+                                 state["version"] if state else 0)
         trainers = _start_trainers(cfg, cleanup)
         import ray
 
@@ -83,16 +84,18 @@ def _start_ray(cfg: SlipstreamConfig, cleanup: contextlib.ExitStack) -> None:
 
 
 def _start_workers(cfg: SlipstreamConfig, redis_url: str, prefix: str, cleanup: contextlib.ExitStack,
-                   model_path: str | None = None) -> list:
-    """model_path: the weights to start from (a resumed run's checkpoint), else model.path."""
+                   model_path: str | None = None, weights_version: int = 0) -> list:
+    """model_path: the weights to start from (a resumed run's checkpoint, of `weights_version`), else model.path."""
     import ray
 
     from rollout.api import RolloutActor
 
+    # a worker that dies is restarted by Ray (its leased slots expire; the driver sends it the current weights)
     actor = ray.remote(RolloutActor).options(num_cpus=cfg.rollout.cpus_per_worker,
-                                              num_gpus=cfg.rollout.gpus_per_worker, max_concurrency=4)
+                                              num_gpus=cfg.rollout.gpus_per_worker, max_concurrency=4,
+                                              max_restarts=cfg.rollout.max_restarts)
     workers = [actor.remote(i, os.path.abspath(model_path or cfg.model.path), cfg.rollout, cfg.data, cfg.task, cfg.buffer,
-                            cfg.reward, redis_url, prefix, cfg.run.seed)
+                            cfg.reward, redis_url, prefix, cfg.run.seed, weights_version)
                for i in range(cfg.rollout.num_workers)]
     cleanup.callback(_stop_workers, workers)
     return workers

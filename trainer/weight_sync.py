@@ -57,12 +57,19 @@ class WeightTransport(abc.ABC):
         """Deliver the weights of `version` to every receiver; returns the bytes sent to one receiver."""
 
     def _await(self, refs: list, version: int, what: str = "acknowledge") -> list:
-        """Every receiver's answer, or a WeightSyncError naming the first that failed or did not answer."""
-        return await_receivers(refs, self.options.timeout_s, f"{what} the weights of version {version}")
+        """Every live receiver's answer, or a WeightSyncError naming the first that failed or did not answer. A
+        receiver whose actor died or is restarting does not hold the version back: the driver sends the weights
+        of the current version to it once Ray has restarted it (launcher/loop.py), before it generates again."""
+        return await_receivers(refs, self.options.timeout_s, f"{what} the weights of version {version}",
+                               skip_dead=True)
 
 
-def await_receivers(refs: list, timeout_s: float, what: str) -> list:
+def await_receivers(refs: list, timeout_s: float, what: str, skip_dead: bool = False) -> list:
+    """The receivers' answers (None for a dead one when `skip_dead`); WeightSyncError names any other failure."""
+    import logging
+
     import ray
+    from ray.exceptions import RayActorError
 
     ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     if pending:
@@ -73,6 +80,12 @@ def await_receivers(refs: list, timeout_s: float, what: str) -> list:
     for i, ref in enumerate(refs):
         try:
             out.append(ray.get(ref))
+        except RayActorError as e:
+            if not skip_dead:
+                raise WeightSyncError(f"rollout worker {i} died before it could {what}: {e}") from e
+            logging.getLogger("slipstream.trainer").warning("rollout worker %d is down (%s): it gets the weights "
+                                                             "when it is back", i, type(e).__name__)
+            out.append(None)
         except Exception as e:  # the receiver raised: it serves its old weights (rollout/api.py)
             raise WeightSyncError(f"rollout worker {i} could not {what}: {e}") from e
     return out

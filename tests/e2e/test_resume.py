@@ -1,6 +1,7 @@
-"""Checkpoints and resume, end to end (real Ray, real engines, real DeepSpeed, the embedded Redis with its
-append-only file): a run checkpoints and continues where it stopped, and a driver killed mid-run (with its Ray
-and its Redis: the machine went away) is resumed from its last checkpoint and the buffer's file."""
+"""Faults and resume, end to end (real Ray, real engines, real DeepSpeed, the embedded Redis with its append-only
+file): a run checkpoints and continues where it stopped; a driver killed mid-run (with its Ray and its Redis: the
+machine went away) is resumed from its last checkpoint and the buffer's file; a rollout worker killed mid-run is
+restarted by Ray and the run goes on."""
 from __future__ import annotations
 
 import json
@@ -74,3 +75,33 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint_and_buffer(tmp_path, t
                          "run.checkpoint_every=3", *SHORT, summary_dir=tmp_path)
     assert resumed["steps"] == at + 3
     check_continuation(tmp_path, at, at + 3)
+
+
+def kill_tree(pid: int) -> None:
+    procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_a_killed_rollout_worker_is_restarted_and_the_run_goes_on(tmp_path, tiny_model_path):
+    proc = subprocess.Popen(train_cmd(str(tmp_path), tiny_model_path, "run.total_steps=14", "rollout.max_restarts=2",
+                                      "buffer.lease_ttl_s=5", "run.checkpoint_every=0", *SHORT),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "metrics.jsonl").exists() or max((r["step"] for r in records(tmp_path)), default=0) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 3"
+        time.sleep(0.5)
+    actor = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if "ray::RolloutActor" in " ".join(p.cmdline()))
+    kill_tree(actor.pid)  # the worker and its engine, mid-generation, holding its reserved slots
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:] + err[-5000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 14 and summary["worker_restarts"] == 1
+    assert summary["reservations_expired"] > 0  # the dead incarnation's slots came back by their lease
+    steps = [r for r in records(tmp_path) if "staleness_max" in r]
+    assert [r["version"] for r in steps] == list(range(1, 15)) and all(r["staleness_max"] <= 1 for r in steps)
