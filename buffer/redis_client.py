@@ -15,7 +15,9 @@ from redis.retry import Retry
 
 from buffer.errors import BufferUnavailable
 
-RETRIES = 4  # with backoff 0.05, 0.1, 0.2, 0.4 s (capped at 2 s): about 0.75 s of waiting before giving up
+# with backoff 0.05, 0.1, ... 1.6 s (capped at 2 s): about 3 s of waiting before giving up, long enough for the
+# driver's watchdog to restart an embedded server that died (buffer/server.py)
+RETRIES = 6
 
 
 def make_client(url: str, timeout_s: float) -> redis.Redis:

@@ -7,18 +7,22 @@ snapshot on disk unless asked, and is stopped with the run (also on Ctrl-C, via 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 
 
 class RedisServerError(RuntimeError):
     pass
 
+
+log = logging.getLogger("slipstream.buffer")
 
 def find_server_binary() -> str:
     try:
@@ -61,13 +65,30 @@ class EmbeddedRedis:
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="slipstream-redis-")
         os.makedirs(self.data_dir, exist_ok=True)
         self.log_path = os.path.join(self.data_dir, "server.log")
-        args = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.data_dir,
-                "--save", "", "--protected-mode", "yes", "--logfile", self.log_path,
-                *(["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"])]
+        self._args = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.data_dir,
+                      "--save", "", "--protected-mode", "yes", "--logfile", self.log_path,
+                      *(["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"])]
+        self.start_timeout_s, self.restarts, self._stopping = start_timeout_s, 0, threading.Event()
+        self._start()
+
+    def _start(self) -> None:
         # Own process group: a Ctrl-C in the terminal reaches the driver, which then stops us in order.
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        self.proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)
-        self._wait_ready(start_timeout_s)
+        self._wait_ready(self.start_timeout_s)
+
+    def watch(self, interval_s: float = 0.5) -> None:
+        """Restart the server (same port, same directory: a durable one replays its file) whenever it dies, from a
+        daemon thread, until stop(); `restarts` counts them. Clients reconnect by their own retries."""
+        def loop() -> None:
+            while not self._stopping.wait(interval_s):
+                if self.proc.poll() is not None and not self._stopping.is_set():
+                    log.warning("the embedded Redis server died (exit %s): restarting it from %s",
+                                self.proc.returncode, self.data_dir)
+                    self._start()
+                    self.restarts += 1
+
+        threading.Thread(target=loop, name="redis-watchdog", daemon=True).start()
 
     @property
     def url(self) -> str:
@@ -93,6 +114,7 @@ class EmbeddedRedis:
         raise RedisServerError(f"{self.binary} did not answer PING on port {self.port} within {timeout_s}s")
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

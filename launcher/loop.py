@@ -17,8 +17,9 @@ import json
 import logging
 import os
 import time
+from collections import deque
 
-from buffer.api import METRIC_COUNTERS, Buffer, PoppedBatch
+from buffer.api import METRIC_COUNTERS, Buffer, BufferUnavailable, PoppedBatch
 from launcher import checkpoints
 from launcher.config import SlipstreamConfig
 from launcher.eval_sets import EvalSet
@@ -43,9 +44,10 @@ class TrainerGroup:
 
 class TrainingLoop:
     def __init__(self, cfg: SlipstreamConfig, buffer: Buffer, workers: list, ranks: list, run_dir: str,
-                 eval_sets: list[EvalSet], resumed: dict | None = None):
+                 eval_sets: list[EvalSet], resumed: dict | None = None, redis_server=None):
         """eval_sets: loaded and checked before the run (launcher.config.check_data); resumed: the state of the
-        checkpoint this run continues from (launcher/checkpoints.py), or None."""
+        checkpoint this run continues from (launcher/checkpoints.py), or None; redis_server: the embedded server
+        (buffer.server.EmbeddedRedis, restarted by its watchdog when it dies), or None for an external one."""
         self.cfg, self.buffer, self.workers, self.run_dir, self.eval_sets = cfg, buffer, workers, run_dir, eval_sets
         self.trainers = TrainerGroup(ranks, cfg.run.call_timeout_s)
         self.loss_fn = make_policy_loss(cfg.trainer.loss)  # the trainer is handed the loss, it does not pick one
@@ -54,6 +56,8 @@ class TrainingLoop:
         self.eval_seconds = 0.0
         self.totals = {"train_tokens": 0, "train_s": 0.0, "sync_s": 0.0}
         self.worker_restarts = 0
+        self.redis_server, self.redis_restarts = redis_server, 0
+        self.recent_commits: deque[PoppedBatch] = deque(maxlen=16)  # what a restarted server's file may lack
         self.resumed, self.start_step, self.elapsed_before = resumed, 0, {"elapsed_s": 0.0, "train_elapsed_s": 0.0}
         if resumed:
             self.start_step, self.totals = resumed["step"], resumed["totals"]
@@ -88,6 +92,7 @@ class TrainingLoop:
             self._get([w.restore_prompt_cursor.remote(c) for w, c in zip(self.workers, self.resumed["cursors"])])
         self.runs = [w.run.remote() for w in self.workers]
         self.prev_gen, self.prev_t = self.buffer.stats()["gen_tokens"], time.time()
+        self.version = self.buffer.version()
         step = self.start_step
         try:
             for step in range(self.start_step + 1, cfg.run.total_steps + 1):
@@ -130,6 +135,7 @@ class TrainingLoop:
         import ray
 
         self.timers = {}
+        self._check_redis()
         with self.phase("wait_batch"):
             batch = self._wait_for_batch()
         with self.phase("load_batch"):
@@ -147,6 +153,7 @@ class TrainingLoop:
             version = self._bump_version(next_version)  # only after every generator holds the new weights
         with self.phase("commit"):
             self.buffer.commit(batch)
+            self.recent_commits.append(batch)
         with self.phase("prompt_stats"):
             self.prompt_stats.record_grad_norms(result.grad_norms, version)  # GVM's G_i, read by the workers
         elapsed = time.time() - self.t_start
@@ -168,7 +175,13 @@ class TrainingLoop:
 
         B, deadline = self.cfg.buffer.groups_per_step, time.monotonic() + self.cfg.run.batch_timeout_s
         while True:
-            batch = self.buffer.pop(B, timeout_s=2.0)
+            try:
+                batch = self.buffer.pop(B, timeout_s=2.0)
+            except BufferUnavailable:  # the server is down: its watchdog restarts it, then we go on
+                if time.monotonic() > deadline:
+                    raise
+                self._check_redis(wait_s=1.0)
+                continue
             if batch is not None:
                 return batch
             done, _ = ray.wait(self.runs, timeout=0)
@@ -208,8 +221,26 @@ class TrainingLoop:
         self.worker_restarts += 1
         log.warning("rollout worker %d restarted at version %d", i, version)
 
+    def _check_redis(self, wait_s: float = 0.0) -> None:
+        """After the embedded server came back from its append-only file (synced every second), the last second of
+        writes may be missing: commit the recent batches again (so that none is trained twice), and put back the
+        version this driver knows (it alone bumps it) with the admission counters rebased on it."""
+        if self.redis_server is None:
+            return
+        if self.redis_server.restarts == self.redis_restarts:
+            time.sleep(wait_s)
+            return
+        self.redis_restarts = self.redis_server.restarts
+        version = self.version
+        for batch in self.recent_commits:
+            self.buffer.commit(batch)
+        self.buffer.initialize(version=version)
+        log.warning("Redis came back (restart %d): recent commits applied again, version %d", self.redis_restarts,
+                    version)
+
     def _bump_version(self, expected: int) -> int:
         version = self.buffer.bump_version()
+        self.version = expected
         if version != expected:
             raise RuntimeError(f"policy version went to {version}, expected {expected}: another trainer is bumping "
                                f"the version of this run (buffer.key_prefix {self.cfg.buffer.key_prefix!r})")
@@ -284,6 +315,7 @@ class TrainingLoop:
             "groups_dropped_stale": stats["dropped_stale"], "eta": cfg.buffer.eta,
             "groups_per_step": cfg.buffer.groups_per_step, "workers": worker_stats,
             "worker_restarts": self.worker_restarts, "reservations_expired": stats["expired_reservations"],
+            "redis_restarts": self.redis_restarts,
         }
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)

@@ -31,7 +31,8 @@ def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM unwinds like Ctrl-C
     with contextlib.ExitStack() as cleanup:
-        redis_url = cfg.buffer.redis_url or _start_embedded_redis(cleanup, os.path.join(run_dir, "redis"))
+        server = None if cfg.buffer.redis_url else _start_embedded_redis(cleanup, os.path.join(run_dir, "redis"))
+        redis_url = cfg.buffer.redis_url or server.url
         _start_ray(cfg, cleanup)
         prefix = state["prefix"] if state else (
             cfg.buffer.key_prefix or f"slipstream:{cfg.run.name}:{uuid.uuid4().hex[:8]}")
@@ -50,17 +51,19 @@ def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
                                                  os.path.join(os.path.abspath(run_dir), "weights")),
                 timeout=cfg.run.call_timeout_s)
         try:
-            return TrainingLoop(cfg, buffer, workers, trainers, run_dir, evaluation, resumed=state).run()
+            return TrainingLoop(cfg, buffer, workers, trainers, run_dir, evaluation, resumed=state,
+                                redis_server=server).run()
         except KeyboardInterrupt:
             print("\ninterrupted: stopping rollout workers, trainers, Ray and Redis", flush=True)
             raise
 
 
-def _start_embedded_redis(cleanup: contextlib.ExitStack, data_dir: str) -> str:
+def _start_embedded_redis(cleanup: contextlib.ExitStack, data_dir: str) -> EmbeddedRedis:
     server = EmbeddedRedis(data_dir=data_dir, durable=True)  # a resume replays its append-only file
     cleanup.callback(server.stop)
+    server.watch()  # a server that dies comes back on the same port from its file
     log.info("embedded Redis at %s", server.url)
-    return server.url
+    return server
 
 
 # Ray starts worker processes at nice 15 by default; the engines and trainers are this job's whole workload, and

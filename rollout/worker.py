@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from buffer.api import METRIC_COUNTERS, Buffer, Group, PromptStatsStore, Sample
+from buffer.api import METRIC_COUNTERS, Buffer, BufferUnavailable, Group, PromptStatsStore, Sample
 from rollout.config import RolloutConfig
 from rollout.evaluation import summarize
 from rollout.prompts import Prompt
@@ -41,7 +41,8 @@ from rollout.sampling_plan import plan_samples
 from rollout.weight_files import LOADED_ON_RECEIPT, check_weights, tensors_of
 
 log = logging.getLogger("slipstream.rollout")
-LEASE_RENEW_S = 1.0  # buffer.lease_ttl_s must be several times this (launcher/config.py checks >= 5 s)
+LEASE_RENEW_S = 1.0  # buffer.lease_ttl_s must be several times this (buffer/config.py checks >= 5 s)
+BUFFER_OUTAGE_S = 120.0  # Redis unreachable for longer than this ends the worker's loop with the error
 
 
 @dataclass
@@ -70,7 +71,7 @@ class RolloutWorker:
         self._idle_since: float | None = None
         self.counters = {"groups": 0, "samples": 0, "tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0,
                          "weight_load_failures": 0, "engine_errors": 0, "pilot_prompts": 0, "gen_seconds": 0.0,
-                         "engine_idle_s": 0.0,
+                         "engine_idle_s": 0.0, "buffer_errors": 0,
                          **dict.fromkeys(METRIC_COUNTERS, 0)}
         self._reported = dict.fromkeys(METRIC_COUNTERS, 0)  # what push() has passed on to the buffer's stats
         # this incarnation's reservations, leased: a restarted worker (same id) must not inherit a dead one's
@@ -169,9 +170,20 @@ class RolloutWorker:
 
     # -- the loop ------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        """Generate until stop(); returns the counters."""
+        """Generate until stop(); returns the counters. Redis going away for less than BUFFER_OUTAGE_S (a server
+        restarting from its file) costs the groups that finished meanwhile, not the worker."""
+        down_since = None
         while not self._stop.is_set():
-            self.step()
+            try:
+                self.step()
+                down_since = None
+            except BufferUnavailable as e:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > BUFFER_OUTAGE_S:
+                    raise
+                self.counters["buffer_errors"] += 1
+                log.warning("worker %d: %s; retrying", self.worker_id, str(e).splitlines()[0])
+                time.sleep(1.0)
         # the groups still in the engine will not be pushed: their admission slots go back
         self.buffer.push([], released=len(self._in_flight), holder=self.holder)
         self._in_flight = []

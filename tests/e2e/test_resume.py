@@ -105,3 +105,22 @@ def test_a_killed_rollout_worker_is_restarted_and_the_run_goes_on(tmp_path, tiny
     assert summary["reservations_expired"] > 0  # the dead incarnation's slots came back by their lease
     steps = [r for r in records(tmp_path) if "staleness_max" in r]
     assert [r["version"] for r in steps] == list(range(1, 15)) and all(r["staleness_max"] <= 1 for r in steps)
+
+
+def test_a_killed_redis_server_comes_back_from_its_file_and_the_run_goes_on(tmp_path, tiny_model_path):
+    proc = subprocess.Popen(train_cmd(str(tmp_path), tiny_model_path, "run.total_steps=14", "run.checkpoint_every=0",
+                                      *SHORT),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "metrics.jsonl").exists() or max((r["step"] for r in records(tmp_path)), default=0) < 4:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 4"
+        time.sleep(0.5)
+    server = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "valkey" in p.name())
+    server.kill()  # SIGKILL: whatever the last second wrote and did not sync is gone
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:] + err[-5000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 14 and summary["redis_restarts"] == 1
+    steps = [r for r in records(tmp_path) if "staleness_max" in r]
+    assert [r["version"] for r in steps] == list(range(1, 15)) and all(0 <= r["staleness_max"] <= 1 for r in steps)
