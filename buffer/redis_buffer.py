@@ -197,7 +197,12 @@ class RedisBuffer:
         claimed so far stay held for the next call. Stale groups are evicted on the way."""
         deadline = time.monotonic() + timeout_s
         version = self.version()
-        dropped = 0
+        # what is held (a partial batch, a released one) is judged again: the version may have moved since
+        stale_held = [t[0] for t in self._held if not is_usable(version, t[2], self.eta)]
+        if stale_held:
+            self._held = [t for t in self._held if t[0] not in set(stale_held)]
+            self._evict(stale_held)
+        dropped = len(stale_held)
         while len(self._held) < n:
             need = n - len(self._held)
             entries = self._reclaim(consumer, need) or self._read_new(consumer, need, deadline)
@@ -255,7 +260,7 @@ class RedisBuffer:
 
     def release(self, batch: PoppedBatch) -> None:
         """The step that popped `batch` failed before commit: the next pop hands its groups out first (they stay
-        claimed by this consumer meanwhile; the failed step bumped no version, so their staleness stands)."""
+        claimed by this consumer meanwhile, and are judged again for staleness then)."""
         self._out.difference_update(batch.entry_ids)
         again = [(i, p, batch.version - s) for i, p, s in zip(batch.entry_ids, batch.payloads, batch.staleness)]
         self._held = again + [t for t in self._held if t[0] not in set(batch.entry_ids)]

@@ -30,6 +30,10 @@ from trainer.api import StepResult, make_policy_loss, merge_step_results
 log = logging.getLogger("slipstream")
 
 
+class TrainerDied(RuntimeError):
+    """A trainer rank's actor died: the group must be restarted (its process group is broken)."""
+
+
 class TrainerGroup:
     """The trainer ranks as one: a call goes to every rank at once (phases hold collectives) and waits for all."""
 
@@ -38,16 +42,23 @@ class TrainerGroup:
 
     def call(self, method: str, *args) -> list:
         import ray
+        from ray.exceptions import RayActorError
 
-        return ray.get([getattr(r, method).remote(*args) for r in self.ranks], timeout=self.timeout_s)
+        try:
+            return ray.get([getattr(r, method).remote(*args) for r in self.ranks], timeout=self.timeout_s)
+        except RayActorError as e:
+            raise TrainerDied(f"a trainer rank died during {method}: {str(e).splitlines()[0]}") from e
 
 
 class TrainingLoop:
     def __init__(self, cfg: SlipstreamConfig, buffer: Buffer, workers: list, ranks: list, run_dir: str,
-                 eval_sets: list[EvalSet], resumed: dict | None = None, redis_server=None):
+                 eval_sets: list[EvalSet], resumed: dict | None = None, redis_server=None, start_trainers=None,
+                 last_checkpoint: str | None = None):
         """eval_sets: loaded and checked before the run (launcher.config.check_data); resumed: the state of the
         checkpoint this run continues from (launcher/checkpoints.py), or None; redis_server: the embedded server
-        (buffer.server.EmbeddedRedis, restarted by its watchdog when it dies), or None for an external one."""
+        (buffer.server.EmbeddedRedis, restarted by its watchdog when it dies), or None for an external one;
+        start_trainers(checkpoint dir or None) -> ranks: new trainer ranks restored from it, with their transport
+        (a rank that dies restarts the group); last_checkpoint: the one the run resumed from."""
         self.cfg, self.buffer, self.workers, self.run_dir, self.eval_sets = cfg, buffer, workers, run_dir, eval_sets
         self.trainers = TrainerGroup(ranks, cfg.run.call_timeout_s)
         self.loss_fn = make_policy_loss(cfg.trainer.loss)  # the trainer is handed the loss, it does not pick one
@@ -55,7 +66,8 @@ class TrainingLoop:
         self.timers: dict[str, float] = {}
         self.eval_seconds = 0.0
         self.totals = {"train_tokens": 0, "train_s": 0.0, "sync_s": 0.0}
-        self.worker_restarts = 0
+        self.worker_restarts, self.trainer_restarts = 0, 0
+        self.start_trainers, self.last_checkpoint = start_trainers, last_checkpoint
         self.redis_server, self.redis_restarts = redis_server, 0
         self.recent_commits: deque[PoppedBatch] = deque(maxlen=16)  # what a restarted server's file may lack
         self.resumed, self.start_step, self.elapsed_before = resumed, 0, {"elapsed_s": 0.0, "train_elapsed_s": 0.0}
@@ -95,8 +107,13 @@ class TrainingLoop:
         self.version = self.buffer.version()
         step = self.start_step
         try:
-            for step in range(self.start_step + 1, cfg.run.total_steps + 1):
-                out_of_time = self.step(step)
+            while step < cfg.run.total_steps:
+                try:
+                    out_of_time = self.step(step + 1)
+                except TrainerDied as e:
+                    self._restart_trainers(e)  # then the same step again, on the same groups
+                    continue
+                step += 1
                 if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 or out_of_time \
                         or step == cfg.run.total_steps:
                     self.checkpoint(step)  # after commit: a checkpoint never holds a batch twice
@@ -119,7 +136,7 @@ class TrainingLoop:
                      "first_eval": self.first_eval, "totals": self.totals,
                      "elapsed_s": self.elapsed_before["elapsed_s"] + now - self.t_start,
                      "train_elapsed_s": self._train_elapsed(now), "config": dataclasses.asdict(self.cfg)}
-            checkpoints.finish(partial, state, self.cfg.run.keep_checkpoints)
+            self.last_checkpoint = checkpoints.finish(partial, state, self.cfg.run.keep_checkpoints)
 
     def _train_elapsed(self, now: float) -> float:
         return self.elapsed_before["train_elapsed_s"] + now - self.t_start - self.eval_seconds
@@ -132,25 +149,15 @@ class TrainingLoop:
 
     def step(self, step: int) -> bool:
         """One trainer step; returns True when the run is out of time (after its final evaluation)."""
-        import ray
-
         self.timers = {}
         self._check_redis()
         with self.phase("wait_batch"):
             batch = self._wait_for_batch()
-        with self.phase("load_batch"):
-            self.trainers.call("load_batch", ray.put(batch.payloads))  # one copy, every rank reads the whole batch
-        with self.phase("logprobs"):
-            self.trainers.call("compute_logprobs")
-        with self.phase("advantages"):
-            self.trainers.call("compute_advantages")
-        with self.phase("update"):
-            result = merge_step_results(self.trainers.call("update", self.loss_fn))
-        next_version = batch.version + 1  # pop read the version; only this driver bumps it (checked below)
-        with self.phase("weight_sync"):
-            self.trainers.call("send_weights", next_version)  # labelled with the version they become
-        with self.phase("version_bump"):
-            version = self._bump_version(next_version)  # only after every generator holds the new weights
+        try:
+            result, version = self._train(batch)
+        except TrainerDied:
+            self.buffer.release(batch)  # at least once: the restarted trainers get the same groups first
+            raise
         with self.phase("commit"):
             self.buffer.commit(batch)
             self.recent_commits.append(batch)
@@ -168,6 +175,41 @@ class TrainingLoop:
         self.metrics.write(step, m)
         self.metrics.progress(step, self.cfg.run.total_steps, m, self.last_eval["held_out_success"])
         return out_of_time
+
+    def _train(self, batch: PoppedBatch) -> tuple[StepResult, int]:
+        """The trainer's phases over `batch`, the new weights to every generator, the version bumped."""
+        import ray
+
+        with self.phase("load_batch"):
+            self.trainers.call("load_batch", ray.put(batch.payloads))  # one copy, every rank reads the whole batch
+        with self.phase("logprobs"):
+            self.trainers.call("compute_logprobs")
+        with self.phase("advantages"):
+            self.trainers.call("compute_advantages")
+        with self.phase("update"):
+            result = merge_step_results(self.trainers.call("update", self.loss_fn))
+        next_version = batch.version + 1  # pop read the version; only this driver bumps it (checked below)
+        with self.phase("weight_sync"):
+            self.trainers.call("send_weights", next_version)  # labelled with the version they become
+        with self.phase("version_bump"):
+            version = self._bump_version(next_version)  # only after every generator holds the new weights
+        return result, version
+
+    def _restart_trainers(self, error: TrainerDied) -> None:
+        """A rank died: every rank is replaced (their process group is broken) by ranks restored from the last
+        checkpoint, whose weights go out as a new version (versions only go up: generators never go back)."""
+        if self.trainer_restarts >= self.cfg.trainer.max_restarts:
+            raise RuntimeError(f"{error}; trainer.max_restarts={self.cfg.trainer.max_restarts} used up") from error
+        import ray
+
+        log.warning("%s: restarting the trainer ranks from %s", error, self.last_checkpoint or "model.path")
+        for rank in self.trainers.ranks:
+            ray.kill(rank)  # the survivors too: their process group is gone, and they hold GPU memory
+        self.trainers = TrainerGroup(self.start_trainers(self.last_checkpoint), self.cfg.run.call_timeout_s)
+        version = self.version + 1
+        self.trainers.call("send_weights", version)
+        self._bump_version(version)
+        self.trainer_restarts += 1
 
     def _wait_for_batch(self) -> PoppedBatch:
         """Block until B fresh groups are claimed; surface a dead rollout worker's error instead of hanging."""
@@ -315,7 +357,7 @@ class TrainingLoop:
             "groups_dropped_stale": stats["dropped_stale"], "eta": cfg.buffer.eta,
             "groups_per_step": cfg.buffer.groups_per_step, "workers": worker_stats,
             "worker_restarts": self.worker_restarts, "reservations_expired": stats["expired_reservations"],
-            "redis_restarts": self.redis_restarts,
+            "redis_restarts": self.redis_restarts, "trainer_restarts": self.trainer_restarts,
         }
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)

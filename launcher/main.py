@@ -42,17 +42,22 @@ def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
         buffer.initialize(version=state["version"] if state else 0)
         workers = _start_workers(cfg, redis_url, prefix, cleanup, os.path.join(ckpt, "hf") if ckpt else None,
                                  state["version"] if state else 0)
-        trainers = _start_trainers(cfg, cleanup)
-        import ray
+        weight_dir = os.path.join(os.path.abspath(run_dir), "weights")
 
-        if ckpt:
-            ray.get([r.load_checkpoint.remote(ckpt) for r in trainers], timeout=cfg.run.call_timeout_s)
-        ray.get(trainers[0].set_transport.remote(cfg.trainer.weight_transport, workers,
-                                                 os.path.join(os.path.abspath(run_dir), "weights")),
-                timeout=cfg.run.call_timeout_s)
+        def start_trainers(checkpoint: str | None) -> list:
+            """Trainer ranks restored from `checkpoint` (None: model.path), with their transport to the workers."""
+            import ray
+
+            ranks = _start_trainers(cfg, cleanup)
+            if checkpoint:
+                ray.get([r.load_checkpoint.remote(checkpoint) for r in ranks], timeout=cfg.run.call_timeout_s)
+            ray.get(ranks[0].set_transport.remote(cfg.trainer.weight_transport, workers, weight_dir),
+                    timeout=cfg.run.call_timeout_s)
+            return ranks
+
         try:
-            return TrainingLoop(cfg, buffer, workers, trainers, run_dir, evaluation, resumed=state,
-                                redis_server=server).run()
+            return TrainingLoop(cfg, buffer, workers, start_trainers(ckpt), run_dir, evaluation, resumed=state,
+                                redis_server=server, start_trainers=start_trainers, last_checkpoint=ckpt).run()
         except KeyboardInterrupt:
             print("\ninterrupted: stopping rollout workers, trainers, Ray and Redis", flush=True)
             raise
@@ -124,5 +129,13 @@ def _start_trainers(cfg: SlipstreamConfig, cleanup: contextlib.ExitStack) -> lis
     master_addr, master_port = ray.util.get_node_ip_address(), free_port()
     ranks = [actor.remote(r, cfg.trainer.num_ranks, master_addr, master_port, os.path.abspath(cfg.model.path),
                           cfg.trainer, cfg.run.seed, cfg.rollout.temperature) for r in range(cfg.trainer.num_ranks)]
-    cleanup.callback(lambda: [ray.kill(r) for r in ranks])
+    cleanup.callback(_kill_all, ranks)
     return ranks
+
+
+def _kill_all(actors: list) -> None:
+    import ray
+
+    for a in actors:
+        with contextlib.suppress(Exception):  # one killed already (a restarted trainer group's old ranks)
+            ray.kill(a)

@@ -60,6 +60,7 @@ class TrainerConfig:
     weight_sync_timeout_s: float = 120.0  # per update: a receiver that does not acknowledge in time is an error
     weight_dir: str = ""  # disk transport: a directory every node shares (default: <run dir>/weights)
     weight_keep_versions: int = 3  # disk transport: version directories kept
+    max_restarts: int = 3  # a rank that dies restarts every rank from the last checkpoint, this many times at most
     # Per-prompt gradient-norm estimate written back for GVM allocation: none | proxy | exact (trainer/grad_norms.py)
     grad_norm_estimate: str = "none"
     # pi_prox: "grad_pass" takes it from the gradient pass (exact: the weights change only after the last

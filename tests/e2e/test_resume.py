@@ -124,3 +124,28 @@ def test_a_killed_redis_server_comes_back_from_its_file_and_the_run_goes_on(tmp_
     assert summary["steps"] == 14 and summary["redis_restarts"] == 1
     steps = [r for r in records(tmp_path) if "staleness_max" in r]
     assert [r["version"] for r in steps] == list(range(1, 15)) and all(0 <= r["staleness_max"] <= 1 for r in steps)
+
+
+def test_a_killed_trainer_rank_restarts_the_trainers_from_the_last_checkpoint(tmp_path, tiny_model_path):
+    proc = subprocess.Popen(train_cmd(str(tmp_path), tiny_model_path, "run.total_steps=12", "run.checkpoint_every=3",
+                                      *SHORT),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "checkpoints" / "latest").exists() \
+            or max((r["step"] for r in records(tmp_path)), default=0) < 4:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 4"
+        time.sleep(0.2)
+    rank = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                if "ray::TrainerRank" in " ".join(p.cmdline()))
+    rank.kill()  # mid-step: the popped batch is not committed
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:] + err[-5000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["trainer_restarts"] == 1
+    steps = [r for r in records(tmp_path) if "staleness_max" in r]
+    assert [r["step"] for r in steps] == list(range(1, 13))  # the step that crashed ran again
+    versions = [r["version"] for r in steps]
+    # the restored weights went out as one more version: versions only go up, by one per step and one at the restart
+    assert versions == sorted(set(versions)) and versions[-1] == 13
+    assert all(0 <= r["staleness_max"] <= 1 for r in steps)

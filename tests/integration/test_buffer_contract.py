@@ -144,6 +144,21 @@ def test_a_released_batch_is_handed_out_again_first(redis_server, key_prefix):
     assert [g.prompt_id for g in buf.pop(1, timeout_s=2).groups] == ["c"]
 
 
+def test_a_released_batch_is_judged_again_when_the_version_moved(redis_server, key_prefix):
+    """A trainer restarted from a checkpoint sends its weights as a new version: the batch it gets back may now be
+    too stale (before the fix it came back with its old staleness and was trained beyond eta)."""
+    buf = make_buffer(redis_server, key_prefix, eta=1, B=2)
+    buf.admit(2)
+    buf.push([group(0, "a"), group(1, "b")])
+    buf.bump_version()
+    failed = buf.pop(2, timeout_s=2)
+    assert failed.staleness == [1, 0]
+    buf.release(failed)
+    buf.bump_version()  # the restored weights, as version 2
+    assert buf.pop(2, timeout_s=0.3) is None  # "a" is now 2 > eta stale: evicted, "b" held
+    assert buf.stats()["dropped_stale"] == 1
+
+
 def test_groups_from_weights_newer_than_the_version_are_evicted_not_trained(redis_server, key_prefix):
     """After a resume from an older checkpoint the stream may hold groups of later versions: before the fix they
     were popped at staleness -10 and trained on as if they were older."""
