@@ -10,7 +10,8 @@ checkpoint is written under `step-NNNNNN.partial` and renamed when complete, the
 The buffer is not in the checkpoint: the embedded Redis keeps an append-only file under <run dir>/redis, so the
 groups, the per-prompt statistics and the version outlive the driver. On resume the version goes back to the
 checkpoint's, and the buffer's rule does the rest (buffer/redis_buffer.py): groups made by weights newer than it
-are evicted, never trained as if they were older; older ones within eta are trained as usual.
+are evicted, never trained as if they were older; older ones within eta are trained as usual. The metrics of
+steps after the checkpoint move to metrics.superseded.jsonl.
 """
 from __future__ import annotations
 
@@ -80,6 +81,28 @@ def find(resume: str, runs_root: str) -> tuple[str, str]:
     if not os.path.exists(os.path.join(ckpt, STATE)):
         raise FileNotFoundError(f"{ckpt} has no {STATE}: the checkpoint is incomplete")
     return resume, ckpt
+
+
+def supersede_metrics(run_dir: str, step: int) -> int:
+    """The records metrics.jsonl holds of steps after the checkpoint (trained by weights that a resume throws away)
+    move to metrics.superseded.jsonl, so that each step appears once; returns how many moved."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+    keep, moved = [], []
+    for line in lines:
+        try:
+            later = json.loads(line)["step"] > step
+        except (ValueError, KeyError):  # a record cut short by the crash
+            later = True
+        (moved if later else keep).append(line)
+    if moved:
+        with open(os.path.join(run_dir, "metrics.superseded.jsonl"), "a") as f:
+            f.writelines(moved)
+        _replace(path, "".join(keep))
+    return len(moved)
 
 
 def load_state(ckpt: str) -> dict:

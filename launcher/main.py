@@ -28,6 +28,7 @@ def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
         run_dir, ckpt = checkpoints.find(cfg.run.resume, os.path.abspath("runs"))
         state = checkpoints.load_state(ckpt)
         log.warning("resuming %s from %s (step %d, version %d)", run_dir, ckpt, state["step"], state["version"])
+        checkpoints.supersede_metrics(run_dir, state["step"])
     os.makedirs(run_dir, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM unwinds like Ctrl-C
     with contextlib.ExitStack() as cleanup:

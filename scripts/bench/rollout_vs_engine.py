@@ -21,10 +21,9 @@ import argparse
 import asyncio
 import os
 import statistics
-import threading
 import time
 
-from two_sided import report_side, run_side, write_result  # scripts/bench, beside this file
+from two_sided import Drainer, report_side, run_side, write_result  # scripts/bench, beside this file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -123,20 +122,7 @@ def rollout_worker(args) -> dict:
                                   TaskConfig(max_operands=args.max_operands),
                                   buf_cfg, RewardConfig(), server.url, "bench", args.seed)
             ray.get(worker.__ray_ready__.remote())  # engine started
-            stop = threading.Event()
-
-            def drain() -> None:
-                # takes what has arrived, then sleeps: a consumer polling Redis per pushed group would spend the
-                # worker side's CPU (two cores, one the engine's) on this bench's own bookkeeping
-                while not stop.is_set():
-                    batch = buffer.pop(groups_per_step, timeout_s=0.01)
-                    if batch is None:
-                        time.sleep(0.25)
-                    else:
-                        buffer.commit(batch)
-
-            drainer = threading.Thread(target=drain, daemon=True)
-            drainer.start()
+            drainer = Drainer(buffer, groups_per_step)
             run = worker.run.remote()
             while buffer.stats()["gen_tokens"] == 0:  # the engine is up: the first group has landed
                 time.sleep(0.05)
@@ -146,8 +132,7 @@ def rollout_worker(args) -> dict:
             tokens, seconds = buffer.stats()["gen_tokens"] - start_tokens, time.perf_counter() - t0
             ray.get(worker.stop.remote())
             counters = ray.get(run)
-            stop.set()
-            drainer.join()
+            drainer.stop()
         finally:
             ray.shutdown()
     return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),

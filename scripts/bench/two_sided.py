@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -46,3 +47,25 @@ def machine(gpu: bool) -> str:
 
         return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
     return f"{os.cpu_count()} CPU cores, no GPU"
+
+
+class Drainer:
+    """A consumer that costs nothing: a thread that takes what has arrived in `buffer`, commits it and sleeps (a
+    consumer polling Redis per pushed group would spend the measured side's CPU on the bench's own bookkeeping)."""
+
+    def __init__(self, buffer, groups: int):
+        self.buffer, self.groups, self._stop = buffer, groups, threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            batch = self.buffer.pop(self.groups, timeout_s=0.01)
+            if batch is None:
+                time.sleep(0.25)
+            else:
+                self.buffer.commit(batch)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -17,10 +17,9 @@ import argparse
 import os
 import statistics
 import tempfile
-import threading
 import time
 
-from two_sided import write_result  # scripts/bench, beside this file
+from two_sided import Drainer, write_result  # scripts/bench, beside this file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -72,18 +71,7 @@ def transport_side(args, zero_stage: int, server, weight_dir: str, version: int)
     trainer = ray.remote(TrainerRank).options(num_cpus=1, num_gpus=trainer_cfg.gpus_per_rank).remote(
         0, 1, ray.util.get_node_ip_address(), free_port(), model, trainer_cfg, 0, 1.0)
     ray.get([worker.__ray_ready__.remote(), trainer.__ray_ready__.remote()])
-    stop = threading.Event()
-
-    def drain() -> None:
-        while not stop.is_set():
-            batch = buffer.pop(16, timeout_s=0.01)
-            if batch is None:
-                time.sleep(0.25)
-            else:
-                buffer.commit(batch)
-
-    drainer = threading.Thread(target=drain, daemon=True)
-    drainer.start()
+    drainer = Drainer(buffer, 16)
     run = worker.run.remote()
     out = {}
     try:
@@ -100,8 +88,7 @@ def transport_side(args, zero_stage: int, server, weight_dir: str, version: int)
     finally:
         ray.get(worker.stop.remote())
         ray.get(run)
-        stop.set()
-        drainer.join()
+        drainer.stop()
         ray.kill(trainer)
         ray.kill(worker)
     return out, version

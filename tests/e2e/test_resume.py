@@ -20,8 +20,30 @@ SHORT = ("run.eval_every=1000", "run.eval_samples=0", "buffer.eta=1", "run.tenso
 
 
 def records(run_dir) -> list[dict]:
+    if not (run_dir / "metrics.jsonl").exists():
+        return []
     with open(run_dir / "metrics.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [json.loads(line) for line in f if line.strip().endswith("}")]
+
+
+def start(run_dir, model: str, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(train_cmd(str(run_dir), model, *overrides, *SHORT), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir, step: int, checkpointed: bool = False) -> None:
+    """Until the run has logged `step` (and, if asked, written a checkpoint)."""
+    deadline = time.monotonic() + 600
+    while max((r["step"] for r in records(run_dir)), default=0) < step or \
+            checkpointed and not (run_dir / "checkpoints" / "latest").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, f"the run never reached step {step}"
+        time.sleep(0.2)
+
+
+def finish(proc: subprocess.Popen, run_dir) -> dict:
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:] + err[-5000:]
+    return json.loads((run_dir / "summary.json").read_text())
 
 
 def check_continuation(run_dir, resumed_at: int, total: int, eta: int = 1) -> None:
@@ -57,9 +79,14 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint_and_buffer(tmp_path, t
                                       "run.checkpoint_every=3", *SHORT),
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     latest, deadline = tmp_path / "checkpoints" / "latest", time.monotonic() + 600
-    while not (latest.exists() and latest.read_text() >= "step-000006"):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached its second checkpoint"
-        time.sleep(0.5)
+
+    def past_a_checkpoint() -> bool:  # the second one, and a step logged after it (a resume supersedes that)
+        saved = int(latest.read_text()[len("step-"):]) if latest.exists() else 0
+        return saved >= 6 and max((r["step"] for r in records(tmp_path)), default=0) > saved
+
+    while not past_a_checkpoint():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never went past its second checkpoint"
+        time.sleep(0.1)
     job = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
     for pid in job:  # the driver, Ray and the Redis server die at once, mid-step
         try:
@@ -74,7 +101,8 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint_and_buffer(tmp_path, t
     resumed, _ = run_job(tmp_path / "again", tiny_model_path, f"run.resume={tmp_path}", f"run.total_steps={at + 3}",
                          "run.checkpoint_every=3", *SHORT, summary_dir=tmp_path)
     assert resumed["steps"] == at + 3
-    check_continuation(tmp_path, at, at + 3)
+    check_continuation(tmp_path, at, at + 3)  # each step once: the killed run's later steps were moved aside
+    assert (tmp_path / "metrics.superseded.jsonl").exists()
 
 
 def kill_tree(pid: int) -> None:
@@ -87,20 +115,13 @@ def kill_tree(pid: int) -> None:
 
 
 def test_a_killed_rollout_worker_is_restarted_and_the_run_goes_on(tmp_path, tiny_model_path):
-    proc = subprocess.Popen(train_cmd(str(tmp_path), tiny_model_path, "run.total_steps=14", "rollout.max_restarts=2",
-                                      "buffer.lease_ttl_s=5", "run.checkpoint_every=0", *SHORT),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not (tmp_path / "metrics.jsonl").exists() or max((r["step"] for r in records(tmp_path)), default=0) < 3:
-        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 3"
-        time.sleep(0.5)
+    proc = start(tmp_path, tiny_model_path, "run.total_steps=14", "rollout.max_restarts=2", "buffer.lease_ttl_s=5",
+                 "run.checkpoint_every=0")
+    wait_for_step(proc, tmp_path, 3)
     actor = next(p for p in psutil.Process(proc.pid).children(recursive=True)
                  if "ray::RolloutActor" in " ".join(p.cmdline()))
     kill_tree(actor.pid)  # the worker and its engine, mid-generation, holding its reserved slots
-    out, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-3000:] + err[-5000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = finish(proc, tmp_path)
     assert summary["steps"] == 14 and summary["worker_restarts"] == 1
     assert summary["reservations_expired"] > 0  # the dead incarnation's slots came back by their lease
     steps = [r for r in records(tmp_path) if "staleness_max" in r]
@@ -108,40 +129,23 @@ def test_a_killed_rollout_worker_is_restarted_and_the_run_goes_on(tmp_path, tiny
 
 
 def test_a_killed_redis_server_comes_back_from_its_file_and_the_run_goes_on(tmp_path, tiny_model_path):
-    proc = subprocess.Popen(train_cmd(str(tmp_path), tiny_model_path, "run.total_steps=14", "run.checkpoint_every=0",
-                                      *SHORT),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not (tmp_path / "metrics.jsonl").exists() or max((r["step"] for r in records(tmp_path)), default=0) < 4:
-        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 4"
-        time.sleep(0.5)
+    proc = start(tmp_path, tiny_model_path, "run.total_steps=14", "run.checkpoint_every=0")
+    wait_for_step(proc, tmp_path, 4)
     server = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "valkey" in p.name())
     server.kill()  # SIGKILL: whatever the last second wrote and did not sync is gone
-    out, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-3000:] + err[-5000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = finish(proc, tmp_path)
     assert summary["steps"] == 14 and summary["redis_restarts"] == 1
     steps = [r for r in records(tmp_path) if "staleness_max" in r]
     assert [r["version"] for r in steps] == list(range(1, 15)) and all(0 <= r["staleness_max"] <= 1 for r in steps)
 
 
 def test_a_killed_trainer_rank_restarts_the_trainers_from_the_last_checkpoint(tmp_path, tiny_model_path):
-    proc = subprocess.Popen(train_cmd(str(tmp_path), tiny_model_path, "run.total_steps=12", "run.checkpoint_every=3",
-                                      *SHORT),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not (tmp_path / "checkpoints" / "latest").exists() \
-            or max((r["step"] for r in records(tmp_path)), default=0) < 4:
-        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 4"
-        time.sleep(0.2)
+    proc = start(tmp_path, tiny_model_path, "run.total_steps=12", "run.checkpoint_every=3")
+    wait_for_step(proc, tmp_path, 4, checkpointed=True)
     rank = next(p for p in psutil.Process(proc.pid).children(recursive=True)
                 if "ray::TrainerRank" in " ".join(p.cmdline()))
     rank.kill()  # mid-step: the popped batch is not committed
-    out, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-3000:] + err[-5000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = finish(proc, tmp_path)
     assert summary["steps"] == 12 and summary["trainer_restarts"] == 1
     steps = [r for r in records(tmp_path) if "staleness_max" in r]
     assert [r["step"] for r in steps] == list(range(1, 13))  # the step that crashed ran again

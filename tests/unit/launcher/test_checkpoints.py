@@ -37,3 +37,10 @@ def test_resume_takes_a_run_dir_a_checkpoint_dir_or_latest_under_runs(tmp_path):
         checkpoints.find(str(tmp_path / "runs" / "never"), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no checkpoint under"):
         checkpoints.find("latest", str(tmp_path / "nothing"))
+
+
+def test_a_resume_moves_the_metrics_of_steps_after_its_checkpoint_aside(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5}\n{"step": 6}\n{"step": 7}\n{"step": 8')  # cut by the crash
+    assert checkpoints.supersede_metrics(str(tmp_path), 6) == 2
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 5}\n{"step": 6}\n'
+    assert (tmp_path / "metrics.superseded.jsonl").read_text() == '{"step": 7}\n{"step": 8\n'
