@@ -122,8 +122,9 @@ def test_a_killed_rollout_worker_is_restarted_and_the_run_goes_on(tmp_path, tiny
                  if "ray::RolloutActor" in " ".join(p.cmdline()))
     kill_tree(actor.pid)  # the worker and its engine, mid-generation, holding its reserved slots
     summary = finish(proc, tmp_path)
+    # (its reserved slots come back by their lease: tests/integration/test_buffer_contract.py; here the worker may
+    # hold none at the moment it dies, when generation is waiting on the staleness bound)
     assert summary["steps"] == 14 and summary["worker_restarts"] == 1
-    assert summary["reservations_expired"] > 0  # the dead incarnation's slots came back by their lease
     steps = [r for r in records(tmp_path) if "staleness_max" in r]
     assert [r["version"] for r in steps] == list(range(1, 15)) and all(r["staleness_max"] <= 1 for r in steps)
 
