@@ -50,7 +50,7 @@ class MemoryBuffer:
         self._ids = itertools.count(1)
         self._stored_bound: dict[str, int] | None = None
         self._counters = dict.fromkeys(("version", "accepted", "running", "dropped_stale", "released", "gen_tokens",
-                                        "expired_reservations") + METRIC_COUNTERS, 0)
+                                        "expired_reservations", "pushed", "committed") + METRIC_COUNTERS, 0)
         self.lease_ttl_s = lease_ttl_s
         self._leases: dict[str, int] = {}  # holder -> slots it reserved and has not pushed
         self._lease_until: dict[str, float] = {}  # holder -> when its lease ends (monotonic)
@@ -120,6 +120,7 @@ class MemoryBuffer:
                 self._leases[holder] = self._leases.get(holder, 0) - ended
                 self.renew(holder)
             c["running"] -= ended
+            c["pushed"] += len(groups)
             c["accepted"] += len(groups)
             c["released"] += released
             c["gen_tokens"] += gen_tokens
@@ -159,7 +160,7 @@ class MemoryBuffer:
     def commit(self, batch: PoppedBatch) -> None:
         with self._cond:
             for entry_id in batch.entry_ids:
-                self._entries.pop(entry_id, None)
+                self._counters["committed"] += self._entries.pop(entry_id, None) is not None
 
     def release(self, batch: PoppedBatch) -> None:
         with self._cond:

@@ -71,6 +71,15 @@ end
 return {granted, v}
 """
 
+# A commit counts the groups it removed, not those it was given: committing a batch again (after a server restart
+# that lost the first commit) counts nothing twice, so pushed = committed + dropped_stale + buffered holds.
+_COMMIT_LUA = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+local removed = redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+redis.call('INCRBY', KEYS[2], removed)
+return removed
+"""
+
 # A push (or a give-back) ends reservations: only as many as the holder still has, so that a holder whose lease
 # expired (its slots already reclaimed) cannot drive `running` below what live holders reserved.
 _END_RESERVATIONS_LUA = """
@@ -105,6 +114,7 @@ class RedisBuffer:
             ) from e
         self._admit = self.client.register_script(_ADMIT_LUA)
         self._end = self.client.register_script(_END_RESERVATIONS_LUA)
+        self._commit = self.client.register_script(_COMMIT_LUA)
         self.lease_ms = int(lease_ttl_s * 1000)
         self.check_bound()
         self._held: list[tuple[bytes, bytes, int]] = []  # (entry id, payload, min version) of a batch not yet full
@@ -176,6 +186,7 @@ class RedisBuffer:
             self._end(keys=[self.key("running"), self.key("leases"), self.key("lease:")],
                       args=[len(groups) + released, holder, self.lease_ms], client=p)
             p.incrby(self.key("accepted"), len(groups))
+            p.incrby(self.key("pushed"), len(groups))
             if released:
                 p.incrby(self.key("released"), released)
             if gen_tokens:
@@ -252,10 +263,7 @@ class RedisBuffer:
         """The step that used `batch` is done: its groups leave the buffer for good."""
         if not batch.entry_ids:
             return
-        with self.client.pipeline(transaction=True) as p:
-            p.xack(self.key("groups"), CONSUMER_GROUP, *batch.entry_ids)
-            p.xdel(self.key("groups"), *batch.entry_ids)
-            p.execute()
+        self._commit(keys=[self.key("groups"), self.key("committed")], args=[CONSUMER_GROUP, *batch.entry_ids])
         self._out.difference_update(batch.entry_ids)
 
     def release(self, batch: PoppedBatch) -> None:
@@ -277,10 +285,13 @@ class RedisBuffer:
     @redis_errors
     def stats(self) -> dict[str, int]:
         names = ("version", "accepted", "running", "dropped_stale", "released", "gen_tokens",
-                 "expired_reservations") + METRIC_COUNTERS
-        values = self.client.mget([self.key(n) for n in names])
+                 "expired_reservations", "pushed", "committed") + METRIC_COUNTERS
+        with self.client.pipeline(transaction=True) as p:  # one moment: the counters agree with the stream
+            p.mget([self.key(n) for n in names])
+            p.xlen(self.key("groups"))
+            values, buffered = p.execute()
         out = {n: int(v or 0) for n, v in zip(names, values)}
-        out["buffered"] = int(self.client.xlen(self.key("groups")))
+        out["buffered"] = int(buffered)
         return out
 
     def close(self) -> None:

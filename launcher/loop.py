@@ -161,6 +161,7 @@ class TrainingLoop:
         with self.phase("commit"):
             self.buffer.commit(batch)
             self.recent_commits.append(batch)
+            self.totals["trained_groups"] = self.totals.get("trained_groups", 0) + len(batch.entry_ids)
         with self.phase("prompt_stats"):
             self.prompt_stats.record_grad_norms(result.grad_norms, version)  # GVM's G_i, read by the workers
         elapsed = time.time() - self.t_start
@@ -358,6 +359,11 @@ class TrainingLoop:
             "groups_per_step": cfg.buffer.groups_per_step, "workers": worker_stats,
             "worker_restarts": self.worker_restarts, "reservations_expired": stats["expired_reservations"],
             "redis_restarts": self.redis_restarts, "trainer_restarts": self.trainer_restarts,
+            # every group pushed is committed, dropped as stale or still buffered; the driver trained each
+            # committed one once (after a resume, those of the steps it superseded were committed by the old run)
+            "groups": {"pushed": stats["pushed"], "committed": stats["committed"],
+                       "trained": self.totals.get("trained_groups", 0), "dropped_stale": stats["dropped_stale"],
+                       "buffered": stats["buffered"]},
         }
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)

@@ -54,6 +54,14 @@ def check_continuation(run_dir, resumed_at: int, total: int, eta: int = 1) -> No
     assert all(0 <= r["staleness_max"] <= eta for r in steps)  # before and after the resume
 
 
+def check_accounting(summary: dict, superseded_steps: int = 0) -> None:
+    """Every group pushed is committed, dropped as stale or still buffered, and none was trained twice: the driver
+    trained as many as were committed (after a resume, the old run's superseded steps committed theirs)."""
+    g = summary["groups"]
+    assert g["pushed"] == g["committed"] + g["dropped_stale"] + g["buffered"], g
+    assert g["trained"] + superseded_steps * summary["groups_per_step"] == g["committed"], g
+
+
 def test_a_run_checkpoints_and_resumes_where_it_stopped(tmp_path, tiny_model_path):
     summary, _ = run_job(tmp_path, tiny_model_path, "run.total_steps=4", "run.checkpoint_every=2", *SHORT)
     ckpts = tmp_path / "checkpoints"
@@ -71,6 +79,7 @@ def test_a_run_checkpoints_and_resumes_where_it_stopped(tmp_path, tiny_model_pat
                          "run.checkpoint_every=2", *SHORT, summary_dir=tmp_path)
     assert resumed["steps"] == 6
     check_continuation(tmp_path, 4, 6)
+    check_accounting(resumed)
     assert sorted(os.listdir(ckpts)) == ["latest", "step-000004", "step-000006"]  # the newest 2 kept
 
 
@@ -102,7 +111,9 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint_and_buffer(tmp_path, t
                          "run.checkpoint_every=3", *SHORT, summary_dir=tmp_path)
     assert resumed["steps"] == at + 3
     check_continuation(tmp_path, at, at + 3)  # each step once: the killed run's later steps were moved aside
-    assert (tmp_path / "metrics.superseded.jsonl").exists()
+    superseded = [json.loads(line) for line in (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
+                  if line.strip().endswith("}")]
+    check_accounting(resumed, superseded_steps=sum("staleness_max" in r for r in superseded))
 
 
 def kill_tree(pid: int) -> None:
@@ -125,6 +136,7 @@ def test_a_killed_rollout_worker_is_restarted_and_the_run_goes_on(tmp_path, tiny
     # (its reserved slots come back by their lease: tests/integration/test_buffer_contract.py; here the worker may
     # hold none at the moment it dies, when generation is waiting on the staleness bound)
     assert summary["steps"] == 14 and summary["worker_restarts"] == 1
+    check_accounting(summary)
     steps = [r for r in records(tmp_path) if "staleness_max" in r]
     assert [r["version"] for r in steps] == list(range(1, 15)) and all(r["staleness_max"] <= 1 for r in steps)
 
@@ -136,6 +148,7 @@ def test_a_killed_redis_server_comes_back_from_its_file_and_the_run_goes_on(tmp_
     server.kill()  # SIGKILL: whatever the last second wrote and did not sync is gone
     summary = finish(proc, tmp_path)
     assert summary["steps"] == 14 and summary["redis_restarts"] == 1
+    check_accounting(summary)  # the recent commits applied again: nothing the lost second committed is retrained
     steps = [r for r in records(tmp_path) if "staleness_max" in r]
     assert [r["version"] for r in steps] == list(range(1, 15)) and all(0 <= r["staleness_max"] <= 1 for r in steps)
 
@@ -148,6 +161,7 @@ def test_a_killed_trainer_rank_restarts_the_trainers_from_the_last_checkpoint(tm
     rank.kill()  # mid-step: the popped batch is not committed
     summary = finish(proc, tmp_path)
     assert summary["steps"] == 12 and summary["trainer_restarts"] == 1
+    check_accounting(summary)  # the crashed step's batch was trained once, after the restart (or dropped)
     steps = [r for r in records(tmp_path) if "staleness_max" in r]
     assert [r["step"] for r in steps] == list(range(1, 13))  # the step that crashed ran again
     versions = [r["version"] for r in steps]

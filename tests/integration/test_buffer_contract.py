@@ -193,6 +193,19 @@ def test_a_dead_workers_reservations_go_back_when_its_lease_expires(redis_server
     assert buf.stats()["running"] == 0
 
 
+def test_every_group_pushed_is_committed_dropped_or_still_buffered_even_if_committed_twice(redis_server, key_prefix):
+    buf = make_buffer(redis_server, key_prefix, eta=1, B=2)
+    buf.admit(6)
+    buf.push([group(0, f"p{i}") for i in range(5)], released=1)  # one filtered: never pushed
+    first = buf.pop(2, timeout_s=2)
+    buf.commit(first)
+    buf.commit(first)  # again, as after a server restart that may have lost it: nothing is counted twice
+    buf.bump_version(), buf.bump_version()  # the three left are now 2 > eta stale
+    assert buf.pop(2, timeout_s=0.3) is None
+    stats = buf.stats()
+    assert (stats["pushed"], stats["committed"], stats["dropped_stale"], stats["buffered"]) == (5, 2, 3, 0)
+
+
 def test_pop_times_out_and_keeps_partial_batch_for_next_call(redis_server, key_prefix):
     buf = make_buffer(redis_server, key_prefix, eta=4, B=2)
     buf.admit(2)
