@@ -13,6 +13,25 @@ import contextlib
 import torch
 
 
+def zero_loss(engine) -> torch.Tensor:
+    """A loss of exactly 0 that still touches every parameter, so a rank with nothing to train (an empty
+    micro-batch, a skipped step) takes part in the gradient all-reduce like the others."""
+    return sum(p.sum() for p in engine.module.parameters()) * 0.0
+
+
+def backward_and_step(engine, loss: torch.Tensor, world_size: int, skipped: bool, last: bool) -> bool:
+    """One micro-batch's backward and DeepSpeed step; returns whether this optimizer step is being skipped (it was
+    already, or the loss is not finite on some rank). `last`: the micro-batch that ends the optimizer step."""
+    skipped = not finite_on_every_rank(loss, world_size) or skipped
+    if skipped:
+        loss = zero_loss(engine)
+    # DeepSpeed averages gradients over ranks; the loss is already this rank's share of the step's sum
+    engine.backward(loss * world_size, scale_wrt_gas=False)
+    with frozen(engine) if skipped and last else contextlib.nullcontext():
+        engine.step()
+    return skipped
+
+
 def finite_on_every_rank(loss: torch.Tensor, world_size: int) -> bool:
     finite = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=loss.device)
     if world_size > 1:

@@ -23,7 +23,6 @@ Invariants:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -36,7 +35,7 @@ from trainer.advantages import ADVANTAGES, uses_critic
 from trainer.batch import TrainBatch, build_train_batch, last_token_rewards
 from trainer.config import TrainerConfig
 from trainer.grad_norms import exact_grad_norms, prompt_means, proxy_grad_norms
-from trainer.nonfinite import finite_on_every_rank, frozen
+from trainer.nonfinite import backward_and_step, zero_loss
 from trainer.losses import LossFn, aggregate, kl_estimate, token_entropy, token_logprobs, value_loss
 from trainer.precision import float32_lm_head
 from trainer.value_model import ValueModel
@@ -45,12 +44,6 @@ from trainer.step_result import UPDATE_STATS, StepResult
 
 
 log = logging.getLogger("slipstream.trainer")
-
-
-def _zero_loss(engine) -> torch.Tensor:
-    """A loss of exactly 0 that still touches every parameter, so an empty micro-batch takes part in the
-    gradient all-reduce like the other ranks' micro-batches."""
-    return sum(p.sum() for p in engine.module.parameters()) * 0.0
 
 
 def _gap_sum(prox: torch.Tensor, batch: TrainBatch) -> float:
@@ -329,7 +322,7 @@ class TrainerRank:
         for n_mb, sl in enumerate(slices):
             mb = batch.select(sl)
             if not len(mb.rewards):  # this rank has fewer rows than micro-batches: a zero step keeps ranks in step
-                loss = _zero_loss(self.engine)
+                loss = zero_loss(self.engine)
             else:
                 mask = mb.response_mask
                 logits = self._logits(self.engine, mb)
@@ -357,13 +350,7 @@ class TrainerRank:
                 if prox_all is None:  # pi_prox from this pass; a separate forward's is measured over the batch
                     totals["logprob_gap"] += _gap_sum(prox, mb) / step_tokens
                 totals["loss"] += loss.item()
-            skipped = not finite_on_every_rank(loss, self.world_size) or skipped
-            if skipped:  # every rank goes on with zero losses (their all-reduces still match), then steps at lr 0
-                loss = _zero_loss(self.engine)
-            # DeepSpeed averages gradients over ranks; the loss is already this rank's share of the step's sum
-            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            with frozen(self.engine) if skipped and n_mb == len(slices) - 1 else contextlib.nullcontext():
-                self.engine.step()
+            skipped = backward_and_step(self.engine, loss, self.world_size, skipped, last=n_mb == len(slices) - 1)
         if skipped:
             log.warning("rank %d: a loss was not finite on some rank; every rank skipped this optimizer step",
                         self.rank)
@@ -379,18 +366,13 @@ class TrainerRank:
         for n_mb, sl in enumerate(st.slices):
             mb = st.batch.select(sl)
             if not len(mb.rewards):
-                loss = _zero_loss(self.critic)
+                loss = zero_loss(self.critic)
             else:
                 values = self.critic(mb.input_ids, mb.attention_mask)[:, :-1]  # [b, T]
                 per_token = value_loss(values, st.before["values"][sl], st.returns[sl], self.cfg.critic.value_clip)
                 loss = aggregate(per_token, mb.response_mask, "token_mean", step_tokens=step_tokens, step_sequences=1)
                 total += loss.item()
-            skipped = not finite_on_every_rank(loss, self.world_size) or skipped  # as in _policy_update
-            if skipped:
-                loss = _zero_loss(self.critic)
-            self.critic.backward(loss * self.world_size, scale_wrt_gas=False)
-            with frozen(self.critic) if skipped and n_mb == len(st.slices) - 1 else contextlib.nullcontext():
-                self.critic.step()
+            skipped = backward_and_step(self.critic, loss, self.world_size, skipped, last=n_mb == len(st.slices) - 1)
         return 0.0 if skipped else total
 
     def save_checkpoint(self, path: str) -> None:

@@ -26,7 +26,7 @@ def greedy(engine, prompts):
     return [g[0].token_ids.tolist() for g in engine.generate(ids, n=1, max_new_tokens=16, temperature=0.0)]
 
 
-def main() -> int:
+def main() -> int:  # long on purpose: one linear script whose checks run and print in the docstring's order
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
