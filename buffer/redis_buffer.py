@@ -211,7 +211,7 @@ class RedisBuffer:
         # what is held (a partial batch, a released one) is judged again: the version may have moved since
         stale_held = [t[0] for t in self._held if not is_usable(version, t[2], self.eta)]
         if stale_held:
-            self._held = [t for t in self._held if t[0] not in set(stale_held)]
+            self._held = [t for t in self._held if is_usable(version, t[2], self.eta)]
             self._evict(stale_held)
         dropped = len(stale_held)
         while len(self._held) < n:
@@ -270,8 +270,9 @@ class RedisBuffer:
         """The step that popped `batch` failed before commit: the next pop hands its groups out first (they stay
         claimed by this consumer meanwhile, and are judged again for staleness then)."""
         self._out.difference_update(batch.entry_ids)
+        ids = set(batch.entry_ids)
         again = [(i, p, batch.version - s) for i, p, s in zip(batch.entry_ids, batch.payloads, batch.staleness)]
-        self._held = again + [t for t in self._held if t[0] not in set(batch.entry_ids)]
+        self._held = again + [t for t in self._held if t[0] not in ids]
 
     @redis_errors
     def version(self) -> int:

@@ -65,7 +65,7 @@ class TrainingLoop:
         self.prompt_stats = buffer.prompt_stats(grad_mix=cfg.rollout.gvm.grad_mix)
         self.timers: dict[str, float] = {}
         self.eval_seconds = 0.0
-        self.totals = {"train_tokens": 0, "train_s": 0.0, "sync_s": 0.0}
+        self.totals = {"train_tokens": 0, "train_s": 0.0, "sync_s": 0.0, "trained_groups": 0}
         self.worker_restarts, self.trainer_restarts = 0, 0
         self.start_trainers, self.last_checkpoint = start_trainers, last_checkpoint
         self.redis_server, self.redis_restarts = redis_server, 0
@@ -131,7 +131,7 @@ class TrainingLoop:
             partial = checkpoints.begin(self.run_dir, step)
             self.trainers.call("save_checkpoint", partial)
             now = time.time()
-            state = {"step": step, "version": self.buffer.version(), "prefix": self.buffer.prefix,
+            state = {"step": step, "version": self.version, "prefix": self.buffer.prefix,
                      "cursors": self._get([w.prompt_cursor.remote() for w in self.workers]),
                      "first_eval": self.first_eval, "totals": self.totals,
                      "elapsed_s": self.elapsed_before["elapsed_s"] + now - self.t_start,
@@ -161,7 +161,7 @@ class TrainingLoop:
         with self.phase("commit"):
             self.buffer.commit(batch)
             self.recent_commits.append(batch)
-            self.totals["trained_groups"] = self.totals.get("trained_groups", 0) + len(batch.entry_ids)
+            self.totals["trained_groups"] += len(batch.entry_ids)
         with self.phase("prompt_stats"):
             self.prompt_stats.record_grad_norms(result.grad_norms, version)  # GVM's G_i, read by the workers
         elapsed = time.time() - self.t_start
@@ -258,7 +258,7 @@ class TrainingLoop:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)
-        version = self.buffer.version()
+        version = self.version
         self.trainers.call("send_weights", version)  # the weights of the version the run is at, to every worker
         self.runs[i] = worker.run.remote()
         self.worker_restarts += 1
@@ -362,7 +362,7 @@ class TrainingLoop:
             # every group pushed is committed, dropped as stale or still buffered; the driver trained each
             # committed one once (after a resume, those of the steps it superseded were committed by the old run)
             "groups": {"pushed": stats["pushed"], "committed": stats["committed"],
-                       "trained": self.totals.get("trained_groups", 0), "dropped_stale": stats["dropped_stale"],
+                       "trained": self.totals["trained_groups"], "dropped_stale": stats["dropped_stale"],
                        "buffered": stats["buffered"]},
         }
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:

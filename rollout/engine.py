@@ -256,22 +256,20 @@ class AsyncVllmEngine:
         received into staging buffers first, so that a broadcast failing part-way changes nothing."""
         kind = weights["kind"]
         if kind == "files":
-            self._check_fit(version, files_layout(weights["paths"]))
-            with self._weights_lock:
-                self._load(version, {"files": list(weights["paths"])}, None)
+            shapes, source = files_layout(weights["paths"]), {"files": list(weights["paths"])}
         elif kind == "cuda_ipc":
-            self._check_fit(version, weights["layout"])
-            with self._weights_lock:
-                self._load(version, {"cuda_ipc": weights["blob"]}, None)
+            shapes, source = weights["layout"], {"cuda_ipc": weights["blob"]}
         elif kind == "nccl":
-            self._check_fit(version, {name: shape for bucket, _ in weights["buckets"]
-                                      for name, _, shape, _, _ in bucket})
-            with self._weights_lock:
-                self._run(self._timed(self._llm.collective_rpc("slipstream_nccl_receive", args=(
-                    weights["buckets"],)), "NCCL receive"), timeout=None)
-                self._load(version, {"staged": True}, None)
+            shapes = {name: shape for bucket, _ in weights["buckets"] for name, _, shape, _, _ in bucket}
+            source = {"staged": True}
         else:
             raise WeightUpdateError(f"weights of kind {kind!r}: not something this engine loads")
+        self._check_fit(version, shapes)
+        with self._weights_lock:
+            if kind == "nccl":  # into the engine's staging buffers first: a broadcast cut short changes nothing
+                self._run(self._timed(self._llm.collective_rpc("slipstream_nccl_receive", args=(
+                    weights["buckets"],)), "NCCL receive"), timeout=None)
+            self._load(version, source, None)
 
     def _check_fit(self, version: int, shapes: dict) -> None:
         problems = layout_problems(shapes, self._layout)

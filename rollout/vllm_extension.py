@@ -130,16 +130,16 @@ class WeightLoaderExtension:
         import torch
         from torch.multiprocessing.reductions import rebuild_cuda_tensor
 
-        described = pickle.loads(blob)  # from a process of this machine (the trainer rank), never the network
-        if described["gpu"] != self.slipstream_gpu_uuid():
+        described, here = pickle.loads(blob), self.slipstream_gpu_uuid()  # pickled by the trainer rank, same machine
+        if described["gpu"] != here:
             raise RuntimeError(f"cuda_ipc: the trainer's buffers are on GPU {described['gpu']}, this engine is on "
-                               f"{self.slipstream_gpu_uuid()}")
-        device, mapped = torch.cuda.current_device(), {}
+                               f"{here}")
+        device, mapped = torch.cuda.current_device(), []
         for args, entries in described["buckets"]:
             args = list(args)
             args[6] = device  # the storage's device index as this process numbers it
             flat = rebuild_cuda_tensor(*args)  # torch maps each buffer once and caches it while it is referenced
-            mapped[id(flat)] = flat
+            mapped.append(flat)
             yield from _views(flat, entries)
         self._ipc_mapped = mapped  # keep the mappings (the buffers are reused by every version)
 

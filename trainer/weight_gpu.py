@@ -16,12 +16,12 @@ broadcast that fails part-way leaves them on the old weights.
 from __future__ import annotations
 
 import pickle
-import socket
 
 import torch
 
+from buffer.api import free_port
 from trainer.weight_sync import (TRANSPORTS, Bucket, Buckets, TransportOptions, WeightSyncError, WeightTransport,
-                                 await_receivers, pack_layout)
+                                 await_receivers, pack_layout, tensor_specs)
 
 
 def gpu_uuid() -> str:
@@ -44,17 +44,17 @@ def _fill(flat: torch.Tensor, bucket: Bucket, entries: list) -> None:
         flat[offset:offset + nbytes].view(t.dtype).view(t.shape).copy_(t.detach(), non_blocking=True)
 
 
-def _specs(bucket: Bucket) -> list[tuple[str, str, tuple]]:
-    return [(name, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in bucket]
+def _require_gpu(name: str) -> None:
+    if not torch.cuda.is_available():
+        raise WeightSyncError(f"trainer.weight_transport={name} needs the trainer rank on a GPU "
+                              "(trainer.gpus_per_rank > 0); on CPU use store")
 
 
 @TRANSPORTS.register("cuda_ipc")
 class CudaIpcTransport(WeightTransport):
     def __init__(self, receivers: list, options: TransportOptions):
         super().__init__(receivers, options)
-        if not torch.cuda.is_available():
-            raise WeightSyncError("trainer.weight_transport=cuda_ipc needs the trainer rank on a GPU "
-                                  "(trainer.gpus_per_rank > 0); on CPU use store")
+        _require_gpu("cuda_ipc")
         mine = gpu_uuid()
         theirs = await_receivers([r.gpu_uuid.remote() for r in receivers], options.timeout_s, "report its GPU")
         for i, uuid in enumerate(theirs):
@@ -81,10 +81,11 @@ class CudaIpcTransport(WeightTransport):
 
         described, layout, nbytes = [], {}, 0
         for i, bucket in enumerate(buckets):
-            entries, size = pack_layout(_specs(bucket))
+            specs = tensor_specs(bucket)
+            entries, size = pack_layout(specs)
             flat = self._buffer(i, size, bucket[0][1].device)
             _fill(flat, bucket, entries)  # queued: the next bucket is gathered while this one copies
-            layout.update({name: shape for name, _, shape in _specs(bucket)})
+            layout.update({name: shape for name, _, shape in specs})
             nbytes += sum(e[4] for e in entries)
             described.append((reduce_tensor(flat)[1], entries))
         torch.cuda.current_stream().synchronize()  # the engines read the buffers from another process
@@ -92,19 +93,11 @@ class CudaIpcTransport(WeightTransport):
         return {"kind": "cuda_ipc", "blob": blob, "layout": layout}, nbytes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 @TRANSPORTS.register("nccl")
 class NcclTransport(WeightTransport):
     def __init__(self, receivers: list, options: TransportOptions):
         super().__init__(receivers, options)
-        if not torch.cuda.is_available():
-            raise WeightSyncError("trainer.weight_transport=nccl needs the trainer rank on a GPU "
-                                  "(trainer.gpus_per_rank > 0); on CPU use store")
+        _require_gpu("nccl")
         import ray
         from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
         from vllm.distributed.utils import StatelessProcessGroup
@@ -112,7 +105,7 @@ class NcclTransport(WeightTransport):
         sizes = await_receivers([r.weight_group_size.remote() for r in receivers], options.timeout_s,
                                 "report its engine's workers")
         firsts, world = group_ranks(sizes)
-        host, port = ray.util.get_node_ip_address(), _free_port()
+        host, port = ray.util.get_node_ip_address(), free_port()
         joined = [r.join_weight_group.remote(host, port, first, world) for r, first in zip(receivers, firsts)]
         group = StatelessProcessGroup.create(host=host, port=port, rank=0, world_size=world,
                                              store_timeout=int(options.timeout_s))
@@ -125,7 +118,7 @@ class NcclTransport(WeightTransport):
         loaded = [r.receive_weights.remote(version, {"kind": "nccl", "buckets": layout}) for r in self.receivers]
         nbytes = 0
         for bucket, (entries, size) in zip(buckets, layout):
-            if _specs(bucket) != [e[:3] for e in entries]:
+            if tensor_specs(bucket) != [e[:3] for e in entries]:
                 raise WeightSyncError(f"bucket of {bucket[0][0]}...: the tensors differ from the announced layout")
             flat = torch.empty(size, dtype=torch.uint8, device=bucket[0][1].device)
             _fill(flat, bucket, entries)

@@ -116,6 +116,16 @@ def pack_layout(specs: list[tuple[str, str, tuple]], align: int = 256) -> tuple[
     return entries, offset
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16": the wire format's dtype names (getattr(torch, name) reads them back)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def tensor_specs(bucket: Bucket) -> list[tuple[str, str, tuple]]:
+    """(name, dtype name, shape) of each tensor of a bucket: what pack_layout lays out."""
+    return [(name, dtype_name(t.dtype), tuple(t.shape)) for name, t in bucket]
+
+
 class Buckets:
     """The weights of one version, bucket by bucket. `layout` ((name, dtype, shape) per tensor, per bucket) is known
     before any tensor exists; iterating yields each bucket's (name, tensor) pairs (TrainerRank gathers them then)."""
@@ -132,8 +142,7 @@ class Buckets:
         tensors = list(named_tensors)
         plan = plan_buckets([t.numel() * t.element_size() for _, t in tensors], bucket_bytes)
         buckets = [[tensors[i] for i in idx] for idx in plan]
-        return cls([[(n, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in b] for b in buckets],
-                   lambda: iter(buckets))
+        return cls([tensor_specs(b) for b in buckets], lambda: iter(buckets))
 
 
 def module_buckets(module: torch.nn.Module, bucket_bytes: int) -> Buckets:
@@ -144,8 +153,7 @@ def module_buckets(module: torch.nn.Module, bucket_bytes: int) -> Buckets:
     shapes = [tuple(p.ds_shape) if hasattr(p, "ds_id") else tuple(p.shape) for _, p in params]
     sizes = [p.element_size() * int(torch.Size(s).numel()) for (_, p), s in zip(params, shapes)]
     plan = plan_buckets(sizes, bucket_bytes)
-    layout = [[(params[i][0], str(params[i][1].dtype).removeprefix("torch."), shapes[i]) for i in idx]
-              for idx in plan]
+    layout = [[(params[i][0], dtype_name(params[i][1].dtype), shapes[i]) for i in idx] for idx in plan]
 
     def produce() -> Iterator[Bucket]:
         import deepspeed
@@ -175,7 +183,7 @@ class StoreTransport(WeightTransport):
         for bucket in buckets:
             for name, t in bucket:
                 t = t.detach().to("cpu").contiguous()
-                dtypes[name] = str(t.dtype).removeprefix("torch.")
+                dtypes[name] = dtype_name(t.dtype)
                 arrays[name] = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().copy()
         ref = ray.put({"kind": "arrays", "arrays": arrays, "dtypes": dtypes})
         self._await([r.receive_weights.remote(version, ref) for r in self.receivers], version)

@@ -57,7 +57,7 @@ def time_updates(trainer, worker, version: int, updates: int) -> tuple[list[floa
 def transport_side(args, zero_stage: int, server, weight_dir: str, version: int) -> tuple[dict, int]:
     import ray
 
-    from buffer.api import connect
+    from buffer.api import connect, free_port
     from rewards import RewardConfig
     from rollout.api import DataConfig, RolloutActor, TaskConfig
     from trainer.api import TrainerRank
@@ -99,12 +99,6 @@ def summary(sends: list[float], ends: list[float], nbytes: int) -> dict:
     return {"bytes": nbytes, "updates": len(ends), "send_s_median": round(statistics.median(sends), 4),
             "end_to_end_s_median": round(end, 4), "end_to_end_s": [round(x, 4) for x in ends],
             "s_per_gb": round(end / (nbytes / 1e9), 4)}
-
-
-def free_port() -> int:
-    from buffer.api import free_port as port
-
-    return port()
 
 
 class RawPeer:

@@ -9,8 +9,8 @@ import torch
 
 from rollout.vllm_extension import _views
 from rollout.weight_files import check_weights, tensors_of
-from trainer.weight_gpu import _fill, _specs, group_ranks
-from trainer.weight_sync import Buckets, WeightSyncError, pack_layout, plan_buckets
+from trainer.weight_gpu import _fill, group_ranks
+from trainer.weight_sync import Buckets, WeightSyncError, pack_layout, plan_buckets, tensor_specs
 
 
 def test_buckets_keep_the_order_and_hold_at_most_the_limit():
@@ -30,7 +30,7 @@ def test_a_bucket_packed_by_the_trainer_reads_back_in_the_engine_bit_for_bit():
     gen = torch.Generator().manual_seed(0)
     bucket = [("w", torch.randn(5, 3, generator=gen)), ("h", torch.randn(7, generator=gen).to(torch.bfloat16)),
               ("n", torch.tensor([1, 2, 3], dtype=torch.int64))]
-    entries, size = pack_layout(_specs(bucket))
+    entries, size = pack_layout(tensor_specs(bucket))
     flat = torch.zeros(size, dtype=torch.uint8)
     _fill(flat, bucket, entries)
     back = _views(flat, [list(e) for e in entries])  # as msgpack hands them to the engine: lists, not tuples
