@@ -135,7 +135,7 @@ class AsyncVllmEngine:
         self._ids = itertools.count()
         self._weights_lock = threading.Lock()  # one update at a time, and none inside hold_weights()
         self.counters = {"weight_updates": 0, "weight_update_failures": 0, "pause_seconds": 0.0, "load_seconds": 0.0,
-                         "aborted": 0}
+                         "aborted": 0, "replayed_loads": 0}
         args = engine_args(model_path, max_model_len=max_model_len, seed=seed, dtype=dtype,
                            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
                            tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs, on_cpu=on_cpu)
@@ -144,6 +144,7 @@ class AsyncVllmEngine:
         self._thread.start()
         self._llm = self._run(self._start(args), timeout=None)
         why = self._run(self._llm.collective_rpc("slipstream_track_finished"), timeout=60)[0]
+        self._finished_counted = not why
         if why:
             log.warning("per-token versions across keep-mode updates are not available: %s", why)
 
@@ -316,21 +317,32 @@ class AsyncVllmEngine:
             if self.mode == "between":
                 while self._live:  # bounded by the longest sample in flight
                     await asyncio.sleep(0.005)
-            await self._timed(self._llm.pause_generation(mode="abort" if self.mode == "abort" else "keep",
-                                                         clear_cache=False), "pause")
+            await self._timed(self._pause(), "pause")
             t_paused = time.perf_counter()
-            sampled = (await self._timed(self._llm.collective_rpc("slipstream_sampled_tokens"), "token count")
-                       if self.mode == "keep" else None)  # abort and between record their own boundaries
-            await self._timed(self._llm.collective_rpc(
+            loaded = await self._timed(self._llm.collective_rpc(
                 "slipstream_load_weights", args=(source, self._loaded, fail_after)), "load")
             self.counters["load_seconds"] += time.perf_counter() - t_paused  # the rest of pause_seconds: pausing
-            self._mark_switch(version, sampled[0] if sampled else None)
+            sampled = loaded[0]["sampled"] if self.mode == "keep" else None  # abort and between mark their own
+            self.counters["replayed_loads"] += loaded[0]["how"].startswith("replayed")
+            self._mark_switch(version, sampled)
             self.version = version
         finally:
             self._open.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._llm.resume_generation(), self.update_timeout_s)
             self.counters["pause_seconds"] += time.perf_counter() - t0
+
+    async def _pause(self) -> None:
+        mode = "abort" if self.mode == "abort" else "keep"
+        core = getattr(self._llm, "engine_core", None)
+        if self._finished_counted and hasattr(core, "pause_scheduler_async"):
+            # AsyncLLM.pause_generation is this call plus a fixed 20 ms sleep, so that the final outputs of requests
+            # that finished just before the pause reach the client first; the token counts of a keep-mode update
+            # come from the model runner, which remembers finished requests (vllm_extension.py), so the sleep is
+            # only lost time (half of an update on the GPU)
+            await core.pause_scheduler_async(mode=mode, clear_cache=False)
+        else:
+            await self._llm.pause_generation(mode=mode, clear_cache=False)
 
     def _mark_switch(self, version: int, sampled: dict[str, int] | None) -> None:
         """Record, for each sequence running through a keep-mode update, where the new version starts in it."""

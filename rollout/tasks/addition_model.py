@@ -58,6 +58,16 @@ class TinyModelSpec:
     held_out_size: int = 1000  # the RL held-out set (task.held_out_size): excluded from the warm start
     validation_size: int = 500  # the problems drawn after it: the stopping rule's validation set
     threads: int = 2  # fixed, so that machines with other core counts reduce in the same order
+    device: str = "cpu"  # "cuda": the warm start of a larger model on a GPU (initialised on the CPU all the same)
+
+
+# Larger shapes for `build_tiny_model.py --size` (the tiny defaults above are "tiny"). "100m": 101M parameters
+# (head_dim 64), for the GPU-scale study; 3e-4 with a warm-up, as the tiny model's 1e-3 is too high at this width.
+SIZES = {
+    "tiny": {},
+    "100m": {"hidden_size": 768, "num_layers": 16, "num_heads": 12, "num_kv_heads": 4, "intermediate_size": 2048,
+             "sft_lr": 3e-4, "sft_warmup": 50},
+}
 
 
 def build_tokenizer():
@@ -109,7 +119,7 @@ def greedy_success(model, tokenizer, prompts: list[Prompt], max_new_tokens: int)
 
     exact_answer = resolve_reward("exact_answer")
     tokenizer.padding_side = "left"
-    enc = tokenizer([p.text for p in prompts], return_tensors="pt", padding=True)
+    enc = tokenizer([p.text for p in prompts], return_tensors="pt", padding=True).to(model.device)
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=0)
     texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return sum(exact_answer(p.text, t, **p.fields) for p, t in zip(prompts, texts)) / len(prompts)
@@ -119,12 +129,14 @@ def build_tiny_model(out_dir: str, spec: TinyModelSpec | None = None, log=print)
     """Build tokenizer + model + warm start into `out_dir`; returns the build report (also saved as JSON)."""
     spec = spec or TinyModelSpec()
     t0 = time.time()
+    if spec.device.startswith("cuda"):  # cuBLAS is deterministic only with a fixed workspace, set before it starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(spec.threads)
     torch.use_deterministic_algorithms(True)
     try:
         tokenizer = build_tokenizer()
-        model = build_model(spec, vocab_size=len(tokenizer))
+        model = build_model(spec, vocab_size=len(tokenizer)).to(spec.device)
         step, success = _warm_start(model, tokenizer, spec, log)
     finally:
         torch.set_num_threads(threads)
@@ -153,7 +165,7 @@ def _warm_start(model, tokenizer, spec: TinyModelSpec, log) -> tuple[int, float]
     while step < spec.sft_max_steps and success < spec.target_success:
         model.train()
         ids, labels = _sft_batch(tokenizer, task.next(spec.sft_batch))
-        loss = model(input_ids=ids, labels=labels).loss
+        loss = model(input_ids=ids.to(spec.device), labels=labels.to(spec.device)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

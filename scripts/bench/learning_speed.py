@@ -7,6 +7,7 @@ clean directory per seed unless --reuse-models), then `scripts/train.py +experim
 buffer.eta=E run.max_minutes=M` runs for each eta, one after another on the same machine.
 
     python scripts/bench/learning_speed.py --seeds 0,1,2 --steps 300 --minutes 10 [--etas 2,0] [-- hydra overrides]
+    (--preset and --build-args run another task and model: scripts/gpu/study_100m.sh, the 100M model on a GPU)
 With --steps 300 and eta 2 each seed's run is the demo's pipeline (build with --seed S, then +experiment=cpu_demo).
 Writes docs/bench/learning_speed.json and docs/bench/learning_speed.png (held-out success vs training wall-clock,
 greedy and sampled at the rollout temperature).
@@ -24,11 +25,12 @@ from training_runs import ROOT, run_training  # scripts/bench, beside this file
 GAINS = (10, 15, 20)  # points of held-out success
 
 
-def build_model(seed: int, models_dir: str, reuse: bool) -> dict:
+def build_model(seed: int, models_dir: str, reuse: bool, build_args: list[str]) -> dict:
     out = os.path.join(models_dir, f"tiny-model-seed{seed}")
     if not reuse:
         shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "build_tiny_model.py"), "--out", out, "--seed", str(seed)]
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "build_tiny_model.py"), "--out", out, "--seed", str(seed),
+           *build_args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"model build for seed {seed} failed:\n{proc.stderr[-4000:]}")
@@ -38,10 +40,10 @@ def build_model(seed: int, models_dir: str, reuse: bool) -> dict:
             "validation_success": report["validation_success"], "weights_sha256": report["weights_sha256"]}
 
 
-def run_one(seed: int, eta: int, minutes: float, steps: int, model: str, runs_dir: str, extra: list[str]) -> dict:
-    overrides = [f"run.seed={seed}", f"buffer.eta={eta}", f"run.max_minutes={minutes}",
-                 f"run.total_steps={steps or 100000}", f"model.path={model}", *extra]
-    records, summary = run_training(os.path.join(runs_dir, f"seed{seed}-eta{eta}"), "cpu_demo", overrides,
+def run_one(seed: int, eta: int, args, model: str) -> dict:
+    overrides = [f"run.seed={seed}", f"buffer.eta={eta}", f"run.max_minutes={args.minutes}",
+                 f"run.total_steps={args.steps or 100000}", f"model.path={model}", *args.extra]
+    records, summary = run_training(os.path.join(args.runs_dir, f"seed{seed}-eta{eta}"), args.preset, overrides,
                                     f"seed={seed} eta={eta}")
     evals = [s for s in records if "held_out_success" in s]
     curve = [(round(s["train_elapsed_s"], 1), s["held_out_success"], s.get("held_out_sampled_success"))
@@ -83,6 +85,10 @@ def plot(results: list[dict], path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--preset", default="cpu_demo", help="configs/experiment/<preset>.yaml")
+    ap.add_argument("--build-args", default="", help="added to scripts/build_tiny_model.py, e.g. "
+                    "'--size 100m --device cuda --max-operands 5 --target-success 0.15'")
+    ap.add_argument("--machine", default=f"{os.cpu_count()} CPU cores", help="for the record")
     ap.add_argument("--etas", default="2,0")
     ap.add_argument("--minutes", type=float, default=2.0, help="wall-clock per run (evaluations included)")
     ap.add_argument("--steps", type=int, default=0, help="> 0: every run trains this many steps (the demo's 300), "
@@ -95,17 +101,17 @@ def main() -> None:
     args = ap.parse_args()
     builds, results = {}, []
     for seed in (int(s) for s in args.seeds.split(",")):
-        builds[seed] = build_model(seed, args.models_dir, args.reuse_models)
+        builds[seed] = build_model(seed, args.models_dir, args.reuse_models, args.build_args.split())
         print(json.dumps({"seed": seed, **builds[seed]}), flush=True)
         for eta in (int(e) for e in args.etas.split(",")):
-            r = run_one(seed, eta, args.minutes, args.steps, builds[seed]["path"], args.runs_dir, args.extra)
+            r = run_one(seed, eta, args, builds[seed]["path"])
             print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
             results.append(r)
     worst = {eta: min((r for r in results if r["eta"] == eta), key=lambda r: r["gain_points"])
              for eta in {r["eta"] for r in results}}
     meta = {"command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{os.cpu_count()} CPU cores", "minutes_per_run": args.minutes, "steps_per_run": args.steps,
-            "extra": args.extra}
+            "machine": args.machine, "preset": args.preset, "build_args": args.build_args,
+            "minutes_per_run": args.minutes, "steps_per_run": args.steps, "extra": args.extra}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "builds": {str(k): v for k, v in builds.items()},

@@ -6,7 +6,9 @@ This process plays the trainer rank: it holds the weights on the GPU and packs t
 is another process) maps the staging buffers and loads from them. Checks, each printed PASS or FAIL:
   1. new weights change the greedy outputs; the old ones, sent again through the same buffers, bring them back;
   2. a message from another GPU and a misfit layout are refused, the engine still serving its weights;
-  3. the time per update (pack + load while requests run) for this model, and its bytes.
+  3. later updates replay the copies the first one recorded, and leave the same weights as vLLM's loaders;
+  4. keep mode mid-generation: tokens before the update carry the old version, those after it the new one;
+  5. the time per update (pack + load while requests run) for this model, and its bytes.
 Writes a JSON summary to --out.
 
     python scripts/gpu/test_cuda_ipc.py --model /tmp/qwen2-0.5b-random --out $OUT/cuda_ipc_test.json
@@ -84,6 +86,17 @@ def main() -> int:  # long on purpose: one linear script whose checks run and pr
         check("a misfit layout is refused", "do not fit" in str(e) and engine.version == 2, str(e)[:200])
     check("the engine still serves its weights", greedy(engine, prompts) == before)
 
+    # the second and later updates through the same buffers replay the copies the first one recorded
+    # (rollout/copy_plan.py); a replayed load must leave the model exactly as the weight loaders do
+    def digest() -> str:
+        return engine._run(engine._llm.collective_rpc("slipstream_weights_digest"), timeout=300)[0]
+
+    replayed = engine.stats()["replayed_loads"]
+    check("updates through the same buffers replay the recorded copies", replayed >= 1, f"{replayed} replayed")
+    after_replay = digest()
+    engine.load_weights(3, {k: v.cpu() for k, v in original.items()})  # from files, through the weight loaders
+    check("a replayed load leaves the same weights as the weight loaders", digest() == after_replay)
+
     # keep mode mid-generation: tokens sampled before the update carry the old version, those after the new one
     # (the count comes from the model runner while paused: rollout/vllm_extension.py slipstream_sampled_tokens)
     ids = [engine.encode(p) for p in prompts * 8]
@@ -108,7 +121,7 @@ def main() -> int:  # long on purpose: one linear script whose checks run and pr
 
     # timed: pack + load while requests run (keep mode pauses them)
     running = [engine.submit(engine.encode(p), n=8, max_new_tokens=256, temperature=1.0) for p in prompts * 8]
-    times, packs = [], []
+    times, packs, start = [], [], dict(engine.stats())
     for i in range(args.updates):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -119,10 +132,11 @@ def main() -> int:  # long on purpose: one linear script whose checks run and pr
         packs.append(t1 - t0)
     for f in running:
         f.result(timeout=300)
-    end = statistics.median(times)
+    end, stats = statistics.median(times), engine.stats()
+    per_update = {k: round((stats[k] - start[k]) / args.updates, 4) for k in ("pause_seconds", "load_seconds")}
     summary = {"model": args.model, "bytes": nbytes, "updates": args.updates, "seconds_median": round(end, 4),
                "pack_seconds_median": round(statistics.median(packs), 4), "s_per_gb": round(end / (nbytes / 1e9), 4),
-               "seconds": [round(t, 4) for t in times], "checks": results, "engine": engine.stats(),
+               "engine_per_update": per_update, "seconds": [round(t, 4) for t in times], "checks": results, "engine": engine.stats(),
                "gpu": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(summary, indent=1), flush=True)
     with open(args.out, "w") as f:

@@ -4,7 +4,7 @@
 # JSON under $OUT; the model is a random one of Qwen2.5-0.5B's shape (scripts/gpu/make_random_model.py), bf16.
 #   test        scripts/gpu/test_cuda_ipc.py: the cuda_ipc transport into a real engine (outputs change with new
 #               weights and come back with the old; refusals; seconds per update)
-#   bench       scripts/bench/weight_sync.py --gpu: store, disk and cuda_ipc from a DeepSpeed rank (ZeRO-2 and
+#   bench       scripts/bench/weight_sync.py --gpu: store, disk and cuda_ipc (or TRANSPORTS=a,b) from a DeepSpeed rank (ZeRO-2 and
 #               ZeRO-3) into a generating rollout worker on the same GPU, each beside a raw transfer of its bytes
 #   loop LIST   scripts/bench/sync_vs_async.py: the full loop with cuda_ipc, rollout worker and trainer rank sharing
 #               the GPU; LIST is its --settings (e.g. 0:keep,2:keep), phases and GPU memory per process
@@ -19,7 +19,7 @@ if [ "$stage" = test ]; then
   step test timeout 400 python scripts/gpu/test_cuda_ipc.py --model $MODEL --out "$OUT/cuda_ipc_test_h200.json"
 elif [ "$stage" = bench ]; then
   step bench timeout 570 python scripts/bench/weight_sync.py --gpu --model $MODEL --dtype bfloat16 \
-    --max-new-tokens 256 --max-model-len 320 --transports store,disk,cuda_ipc --zero-stages 2,3 --updates 5 \
+    --max-new-tokens 256 --max-model-len 320 --transports ${TRANSPORTS:-store,disk,cuda_ipc} --zero-stages 2,3 --updates 5 \
     --out "$OUT/weight_sync_0.5b_h200.json"
 elif [ "$stage" = loop ]; then
   step loop timeout 570 python scripts/bench/sync_vs_async.py --gpu --preset cpu_demo --model $MODEL \
