@@ -2,7 +2,8 @@
 
 Per step, each phase timed under its name (`<phase>_s` in metrics.jsonl):
   wait_batch -> load_batch -> logprobs (proximal / reference) -> advantages -> update -> weight_sync
-  -> version_bump -> commit -> prompt_stats -> evaluate (every run.eval_every steps)
+  -> version_bump -> commit -> prompt_stats -> evaluate (every run.eval_every steps) -> checkpoint (every
+  run.checkpoint_every steps; the step's record is written after it, so that it holds checkpoint_s)
 Generation never appears here: rollout workers loop on their own and are held back only by the buffer's
 admission guard (launcher/workers.py restarts their loops). Every call to a trainer rank or a worker has a timeout
 (run.call_timeout_s).
@@ -68,7 +69,7 @@ class TrainingLoop:
         self.loss_fn = make_policy_loss(cfg.trainer.loss)  # the trainer is handed the loss, it does not pick one
         self.prompt_stats = buffer.prompt_stats(grad_mix=cfg.rollout.gvm.grad_mix)
         self.timers: dict[str, float] = {}
-        self.eval_seconds = 0.0
+        self.eval_seconds, self.checkpoint_seconds = 0.0, 0.0
         self.totals = {"train_tokens": 0, "train_s": 0.0, "sync_s": 0.0, "trained_groups": 0}
         self.trainer_restarts = 0
         self.start_trainers, self.last_checkpoint = start_trainers, last_checkpoint
@@ -112,7 +113,7 @@ class TrainingLoop:
         try:
             while step < cfg.run.total_steps:
                 try:
-                    out_of_time = self.step(step + 1)
+                    record, out_of_time = self.step(step + 1)
                 except TrainerDied as e:
                     self._restart_trainers(e)  # then the same step again, on the same groups
                     continue
@@ -120,6 +121,9 @@ class TrainingLoop:
                 if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 or out_of_time \
                         or step == cfg.run.total_steps:
                     self.checkpoint(step)  # after commit: a checkpoint never holds a batch twice
+                    record["checkpoint_s"] = self.timers["checkpoint_s"]
+                self.metrics.write(step, record)
+                self.metrics.progress(step, cfg.run.total_steps, record, self.last_eval["held_out_success"])
                 if out_of_time:
                     break
         finally:  # also after an error or Ctrl-C: what was logged is plotted
@@ -142,6 +146,7 @@ class TrainingLoop:
                      "elapsed_s": self.elapsed_before["elapsed_s"] + now - self.t_start,
                      "train_elapsed_s": self._train_elapsed(now), "config": dataclasses.asdict(self.cfg)}
             self.last_checkpoint = checkpoints.finish(partial, state, self.cfg.run.keep_checkpoints)
+        self.checkpoint_seconds += self.timers["checkpoint_s"]
 
     def _train_elapsed(self, now: float) -> float:
         return self.elapsed_before["train_elapsed_s"] + now - self.t_start - self.eval_seconds
@@ -152,8 +157,9 @@ class TrainingLoop:
         except Exception:  # noqa: BLE001 - a plot must never hide the run's own outcome
             log.exception("writing the plots of %s failed", self.run_dir)
 
-    def step(self, step: int) -> bool:
-        """One trainer step; returns True when the run is out of time (after its final evaluation)."""
+    def step(self, step: int) -> tuple[dict, bool]:
+        """One trainer step; returns its metrics record (written by `run`, after a checkpoint) and whether the
+        run is out of time (after its final evaluation)."""
         self.timers = {}
         self._check_redis()
         with self.phase("wait_batch"):
@@ -178,9 +184,7 @@ class TrainingLoop:
         m = self._step_metrics(batch, result, version, elapsed)
         if evaluated:
             m.update(self.last_eval)
-        self.metrics.write(step, m)
-        self.metrics.progress(step, self.cfg.run.total_steps, m, self.last_eval["held_out_success"])
-        return out_of_time
+        return m, out_of_time
 
     def _train(self, batch: PoppedBatch) -> tuple[StepResult, int]:
         """The trainer's phases over `batch`, the new weights to every generator, the version bumped."""
@@ -327,6 +331,7 @@ class TrainingLoop:
         summary = {
             "steps": step, "minutes": round(elapsed / 60, 2),
             "train_minutes": round((elapsed - self.eval_seconds) / 60, 2), "eval_seconds": round(self.eval_seconds, 1),
+            "checkpoint_seconds": round(self.checkpoint_seconds, 1),
             "held_out_size": len(self.held_out), **before_after(self.first_eval, self.last_eval),
             **{k: v for k, v in self.last_eval.items() if k.startswith("eval/")},
             "generation_tokens_per_s": round(stats["gen_tokens"] / elapsed, 1),
