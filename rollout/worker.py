@@ -229,7 +229,7 @@ class RolloutWorker:
         self._in_flight = [g for g in self._in_flight if g.future not in done]
         self._fill()  # their successors enter the engine before this thread scores and pushes them
         pushed = self._push(finished)
-        self._record_cursor()  # after the push: a worker that dies before it draws these prompts again
+        self._record_cursor()  # after the push, not before: a worker dying in between draws these again
         return pushed
 
     def _renew_lease(self) -> None:
