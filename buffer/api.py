@@ -107,6 +107,13 @@ class Buffer(Protocol):
     def stats(self) -> dict[str, int]:
         ...
 
+    def set_prompt_cursor(self, worker_id: int, cursor: dict) -> None:
+        """Where rollout worker `worker_id`'s prompt source stands (a JSON-able dict): the worker Ray restarts
+        and the driver's checkpoints read it back."""
+
+    def prompt_cursor(self, worker_id: int) -> dict | None:
+        """The cursor worker `worker_id` recorded last, or None (none recorded: an endless source)."""
+
     def prompt_stats(self, decay: float = 1.0, grad_mix: float = 0.5) -> PromptStatsStore:
         ...
 

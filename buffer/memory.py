@@ -55,6 +55,7 @@ class MemoryBuffer:
         self._leases: dict[str, int] = {}  # holder -> slots it reserved and has not pushed
         self._lease_until: dict[str, float] = {}  # holder -> when its lease ends (monotonic)
         self._prompt_stats: dict[str, dict] = {}
+        self._cursors: dict[int, dict] = {}
 
     @classmethod
     def named(cls, url: str, **kwargs) -> "MemoryBuffer":
@@ -181,6 +182,15 @@ class MemoryBuffer:
     def stats(self) -> dict[str, int]:
         with self._cond:
             return {**self._counters, "buffered": len(self._entries)}
+
+    def set_prompt_cursor(self, worker_id: int, cursor: dict) -> None:
+        with self._cond:
+            self._cursors[worker_id] = dict(cursor)
+
+    def prompt_cursor(self, worker_id: int) -> dict | None:
+        with self._cond:
+            cursor = self._cursors.get(worker_id)
+            return dict(cursor) if cursor is not None else None
 
     def prompt_stats(self, decay: float = 1.0, grad_mix: float = 0.5) -> "MemoryPromptStats":
         return MemoryPromptStats(self._prompt_stats, self._cond, decay=decay, grad_mix=grad_mix)

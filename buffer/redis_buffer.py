@@ -2,7 +2,8 @@
 
 Keys (all under `<prefix>:`): `version` (policy version, int), `accepted` / `running` (admission
 counters), `leases` (reservations per holder) and `lease:<holder>` (its lease, with a TTL), `groups` (a Stream of
-encoded groups, consumer group `trainers`), and counters for metrics.
+encoded groups, consumer group `trainers`), `cursor:<worker id>` (a rollout worker's prompt cursor, JSON), and
+counters for metrics.
 
 Invariants:
 - admission is one Lua script, so any number of workers on any number of nodes share one bound
@@ -19,6 +20,7 @@ Invariants:
 """
 from __future__ import annotations
 
+import json
 import time
 
 import redis
@@ -294,6 +296,15 @@ class RedisBuffer:
         out = {n: int(v or 0) for n, v in zip(names, values)}
         out["buffered"] = int(buffered)
         return out
+
+    @redis_errors
+    def set_prompt_cursor(self, worker_id: int, cursor: dict) -> None:
+        self.client.set(self.key(f"cursor:{worker_id}"), json.dumps(cursor))
+
+    @redis_errors
+    def prompt_cursor(self, worker_id: int) -> dict | None:
+        raw = self.client.get(self.key(f"cursor:{worker_id}"))
+        return json.loads(raw) if raw is not None else None
 
     def close(self) -> None:
         self.client.close()

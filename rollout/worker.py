@@ -20,6 +20,12 @@ beside the loop's, holding weight updates off until it is done.
 Invariant: every token is tagged with the policy version of the weights that sampled it (the engine tags each
 completion), and a group's oldest token is no older than the version at its admission: weights the worker holds
 are loaded before it submits.
+
+Prompt cursor (a finite source's `state()`), at least once: after each push the worker records in the buffer where
+its source stood before it handed out the oldest prompt it has drawn and not pushed yet (generating or planned).
+A worker that Ray restarts continues from there (rollout/actor.py), so it draws those prompts again, and with them
+the ones drawn after them that were pushed already: about 2 x rollout.groups_in_flight at most, since groups
+finish in about the order they were submitted. Checkpoints save the same cursor.
 """
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ class _GroupInFlight:
     prompt_ids: list[int]
     future: object  # concurrent.futures.Future of list[Completion]
     submitted_at: float
+    drawn_at: dict | None = None  # the source's cursor before it handed out this prompt's batch
 
 
 class RolloutWorker:
@@ -66,7 +73,9 @@ class RolloutWorker:
         self._apply_lock = threading.Lock()  # the loop and evaluate() both apply: never an older version last
         self._pending: tuple[int, dict] | None = None
         self._stop = threading.Event()
-        self._planned: deque[tuple[Prompt, list[int], int]] = deque()  # (prompt, its tokens, samples) to submit
+        # (prompt, its tokens, samples, the source's cursor before its batch was drawn) to submit
+        self._planned: deque[tuple[Prompt, list[int], int, dict | None]] = deque()
+        self._recorded: dict | None = None  # the prompt cursor last recorded in the buffer
         self._in_flight: list[_GroupInFlight] = []
         self._idle_since: float | None = None
         self.counters = {"groups": 0, "samples": 0, "tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0,
@@ -156,14 +165,25 @@ class RolloutWorker:
         return [[s.reward for s in g.samples] for g in scored]
 
     def prompt_cursor(self) -> dict | None:
-        """Where this worker's prompt source stands (a checkpoint saves it), or None for an endless one."""
+        """Where this worker's prompt source stands now, or None for an endless one."""
         return self.prompts.state() if hasattr(self.prompts, "state") else None
 
     def restore_prompt_cursor(self, cursor: dict | None) -> None:
-        """Continue the prompt source from a checkpoint's cursor (before `run`)."""
+        """Continue the prompt source from a recorded cursor (a checkpoint's, or the one this worker's dead
+        incarnation recorded; before `run`), and record it as this worker's."""
         if cursor is not None and hasattr(self.prompts, "restore"):
             self.prompts.restore(cursor)
             self._planned.clear()  # drawn from the old position
+            self._record_cursor()
+
+    def _record_cursor(self) -> None:
+        """Record (when it moved) where the source stood before it handed out the oldest prompt not pushed yet:
+        the generating ones were drawn before the planned ones, in order (see the module's docstring)."""
+        pending = [g.drawn_at for g in self._in_flight] or [p[3] for p in self._planned]
+        cursor = pending[0] if pending else self.prompt_cursor()
+        if cursor is not None and cursor != self._recorded:
+            self.buffer.set_prompt_cursor(self.worker_id, cursor)
+            self._recorded = cursor
 
     def held_out_prompts(self) -> list[dict]:
         return [{"text": p.text, "fields": p.fields} for p in self.prompts.held_out()]
@@ -208,7 +228,9 @@ class RolloutWorker:
             return 0
         self._in_flight = [g for g in self._in_flight if g.future not in done]
         self._fill()  # their successors enter the engine before this thread scores and pushes them
-        return self._push(finished)
+        pushed = self._push(finished)
+        self._record_cursor()  # after the push, not before: a worker dying in between draws these again
+        return pushed
 
     def _renew_lease(self) -> None:
         """Once a second: the reservations of groups still generating stay this worker's (buffer.lease_ttl_s)."""
@@ -242,16 +264,16 @@ class RolloutWorker:
             if not self._planned:  # nothing fits rollout.max_model_len: give the slot back
                 unused += 1
                 continue
-            prompt, ids, n = self._planned.popleft()
+            prompt, ids, n, drawn_at = self._planned.popleft()
             future = self.engine.submit(ids, n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                         top_p=cfg.top_p)
-            self._in_flight.append(_GroupInFlight(prompt, ids, future, time.perf_counter()))
+            self._in_flight.append(_GroupInFlight(prompt, ids, future, time.perf_counter(), drawn_at))
         if unused:
             self.buffer.push([], released=unused, holder=self.holder)
 
     def _plan_more(self) -> None:
         """The next groups_in_flight prompts, encoded, with their sample counts; prompts too long are skipped."""
-        cfg, ready = self.cfg, []
+        cfg, ready, drawn_at = self.cfg, [], self.prompt_cursor()
         for p in self._draw_prompts(cfg.groups_in_flight):
             ids = self.engine.encode(p.text)
             if len(ids) + cfg.max_new_tokens > self.engine.max_model_len:
@@ -263,7 +285,7 @@ class RolloutWorker:
             ready.append((p, ids))
         if ready:
             counts = self._plan([p for p, _ in ready])
-            self._planned.extend((p, ids, n) for (p, ids), n in zip(ready, counts))
+            self._planned.extend((p, ids, n, drawn_at) for (p, ids), n in zip(ready, counts))
 
     def _draw_prompts(self, n: int) -> list[Prompt]:
         """n prompts from the source, skipping those already solved often enough (max_pass_rate < 1)."""

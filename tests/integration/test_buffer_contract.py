@@ -276,3 +276,16 @@ def test_admission_counts_groups_whatever_their_size(redis_server, key_prefix):
     assert buf.admit(5) == (0, 0)  # two groups = one step's worth, although 16 samples
     batch = buf.pop(2, timeout_s=2)
     assert sorted(len(g.samples) for g in batch.groups) == [2, 14]
+
+
+def test_each_workers_prompt_cursor_is_kept_for_its_next_incarnation(redis_server, key_prefix):
+    """A rollout worker records where its prompt source stands; the one Ray restarts in its place (another process,
+    another buffer object) reads it back, and a checkpoint does too."""
+    buf = make_buffer(redis_server, key_prefix)
+    assert buf.prompt_cursor(0) is None  # nothing recorded: an endless source, or a worker not started yet
+    buf.set_prompt_cursor(0, {"epoch": 1, "position": 37})
+    buf.set_prompt_cursor(1, {"epoch": 0, "position": 5})
+    buf.set_prompt_cursor(0, {"epoch": 1, "position": 85})  # the newest wins
+    again = open_buffer(redis_server.url, key_prefix)
+    assert [again.prompt_cursor(i) for i in (0, 1, 2)] == [{"epoch": 1, "position": 85}, {"epoch": 0, "position": 5},
+                                                           None]

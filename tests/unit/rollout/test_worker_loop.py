@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from concurrent.futures import wait
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from buffer.api import BufferConfig, connect
 from rewards import RewardConfig, build_scorer
 from rollout.api import DataConfig, Prompt, RolloutConfig, SourceContext, TaskConfig
+from rollout.sources.indexed import IndexedSource
 from rollout.tasks.addition import addition_source
 from rollout.worker import RolloutWorker
 
@@ -147,3 +149,40 @@ def test_an_evaluation_set_reports_mean_and_pass_at_k_with_its_own_reward(vllm_e
     tagged = worker.evaluate_set("tags", prompts, RewardConfig(rewards=[RewardSpec(
         "format", kwargs={"required_tags": ["answer"]})]), samples=1, max_new_tokens=6)
     assert tagged["mean@1"] == 0.0
+
+
+def drain(buf) -> set[str]:
+    """The prompt ids of every group in the buffer, taken out (popped and committed)."""
+    batch = buf.pop(buf.stats()["buffered"], timeout_s=1)
+    buf.commit(batch)
+    return {g.prompt_id for g in batch.groups}
+
+
+def test_a_restarted_worker_draws_again_every_prompt_its_dead_incarnation_did_not_push(vllm_engine):
+    """The cursor recorded in the buffer is where the source stood before the oldest prompt drawn and not pushed:
+    a worker that starts from it (as rollout/actor.py does after a restart) hands out every such prompt again
+    (at least once), and few of those pushed already (not the source from its start)."""
+    cfg = RolloutConfig(group_size=4, groups_in_flight=4, max_new_tokens=6)
+    rows = [Prompt(str(i), f"{i % 50}+{i // 50}=", {"answer": str(i % 50 + i // 50)}) for i in range(400)]
+    dead, buf = make_worker(vllm_engine, prompts=IndexedSource(rows, [], SourceContext(), shuffle=False),
+                            rollout=cfg, eta=20)
+    run_until(dead, 12)
+    drawn = dead.prompts.position  # the first `drawn` rows (shuffle off): generating, planned, or pushed
+    pushed = drain(buf)
+    not_pushed = {str(i) for i in range(drawn)} - pushed
+    cursor = buf.prompt_cursor(0)
+    assert cursor["epoch"] == 0 and not_pushed and min(map(int, not_pushed)) >= cursor["position"]
+    assert cursor["position"] >= len(pushed) - 2 * cfg.groups_in_flight  # pushed ones seen again: at most 8
+
+    restarted = RolloutWorker(0, cfg, engine=vllm_engine, prompts=IndexedSource(rows, [], SourceContext(),
+                              shuffle=False), buffer=buf, prompt_stats=buf.prompt_stats(),
+                              scorer=build_scorer(RewardConfig()))
+    restarted.restore_prompt_cursor(buf.prompt_cursor(0))
+    again, deadline = set(), time.monotonic() + 120
+    while not not_pushed <= again:
+        assert time.monotonic() < deadline, not_pushed - again
+        if restarted.step(wait_s=0.5):
+            again |= drain(buf)
+    assert min(map(int, again)) == cursor["position"]  # it went on from the cursor, not from row 0
+    for worker in (dead, restarted):  # the shared engine is left with nothing in flight
+        wait([g.future for g in worker._in_flight], timeout=60)
