@@ -115,7 +115,6 @@ class RedisBuffer:
                 f"buffer.redis_url empty to let Slipstream start an embedded server"
             ) from e
         self._admit = self.client.register_script(_ADMIT_LUA)
-        self._end = self.client.register_script(_END_RESERVATIONS_LUA)
         self._commit = self.client.register_script(_COMMIT_LUA)
         self.lease_ms = int(lease_ttl_s * 1000)
         self.check_bound()
@@ -185,8 +184,10 @@ class RedisBuffer:
         with self.client.pipeline(transaction=True) as p:
             for g in groups:
                 p.xadd(self.key("groups"), {"g": encode_group(g), "v": g.min_version})
-            self._end(keys=[self.key("running"), self.key("leases"), self.key("lease:")],
-                      args=[len(groups) + released, holder, self.lease_ms], client=p)
+            # EVAL, not the registered script: in a pipeline redis-py checks SCRIPT EXISTS first, one more round
+            # trip on every push (the server caches the script's body, so only its text travels again)
+            p.eval(_END_RESERVATIONS_LUA, 3, self.key("running"), self.key("leases"), self.key("lease:"),
+                   len(groups) + released, holder, self.lease_ms)
             p.incrby(self.key("accepted"), len(groups))
             p.incrby(self.key("pushed"), len(groups))
             if released:

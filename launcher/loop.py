@@ -225,6 +225,7 @@ class TrainingLoop:
         """Block until B fresh groups are claimed; surface a dead rollout worker's error instead of hanging."""
         B, deadline = self.cfg.buffer.groups_per_step, time.monotonic() + self.cfg.run.batch_timeout_s
         while True:
+            self.rollout.check()  # a dead worker's restart, without blocking: the others' batches train meanwhile
             try:
                 batch = self.buffer.pop(B, timeout_s=2.0)
             except BufferUnavailable:  # the server is down: its watchdog restarts it, then we go on
@@ -234,7 +235,6 @@ class TrainingLoop:
                 continue
             if batch is not None:
                 return batch
-            self.rollout.check()  # only when no batch came: buffered batches are trained while a worker restarts
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no batch of {B} groups within run.batch_timeout_s={self.cfg.run.batch_timeout_s}s;"
                                    f" buffer: {self.buffer.stats()}")

@@ -25,6 +25,7 @@ class RolloutWorkers:
         self.handles, self.max_restarts, self.timeout_s, self.send_weights = handles, max_restarts, timeout_s, \
             send_weights
         self.runs: list = []  # each worker's loop (`run`), once started
+        self._restarting: dict[int, tuple] = {}  # worker -> (its __ray_ready__ call, deadline), while Ray restarts it
         self.restarts, self.evaluation_retries = 0, 0
 
     def get(self, ref):
@@ -36,28 +37,63 @@ class RolloutWorkers:
         self.runs = [w.run.remote() for w in self.handles]
 
     def check(self) -> None:
-        """Start again the loop of every worker whose loop ended because its actor died; any other end raises."""
+        """Never blocks (the driver calls it every batch wait): a worker whose loop ended because its actor died is
+        waited for across calls, while the other workers and the buffered batches keep training going; once Ray
+        has restarted it, it gets the current weights and its loop starts again. Any other end raises."""
         import ray
 
-        done, _ = ray.wait(self.runs, timeout=0)
+        live = [ref for i, ref in enumerate(self.runs) if i not in self._restarting]
+        done, _ = ray.wait(live, num_returns=len(live), timeout=0) if live else ([], [])
         for ref in done:
-            self._restart(self.runs.index(ref))
+            i = self.runs.index(ref)
+            self._ended(i)
+            self._restarting[i] = (self.handles[i].__ray_ready__.remote(), time.monotonic() + self.timeout_s)
+        for i in list(self._restarting):
+            self._poll_restart(i)
 
-    def _restart(self, i: int) -> None:
-        """Worker i's loop ended. If its actor died and Ray restarted it, it gets the current weights and loops
-        again. Any other end (an error in the loop, restarts used up) ends the run with the worker's error."""
+    def _ended(self, i: int) -> None:
+        """Worker i's loop ended: return if its actor died (Ray restarts it), else raise the worker's error."""
         import ray
         from ray.exceptions import RayActorError
 
         try:
-            ray.get(self.runs[i])
+            ray.get(self.runs[i], timeout=self.timeout_s)
             raise RuntimeError(f"rollout worker {i} stopped before the run ended")
         except RayActorError as e:
             log.warning("rollout worker %d died (%s); waiting for Ray to restart it", i, str(e).splitlines()[0])
-        version = self.wait_for(i)
+
+    def _poll_restart(self, i: int) -> None:
+        import ray
+        from ray.exceptions import ActorDiedError, RayActorError
+
+        ready, deadline = self._restarting[i]
+        if not ray.wait([ready], timeout=0)[0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rollout worker {i} did not come back within run.call_timeout_s="
+                                   f"{self.timeout_s}s after it died")
+            return
+        try:
+            ray.get(ready, timeout=self.timeout_s)
+        except ActorDiedError as e:  # for good: no restart left
+            raise RuntimeError(f"rollout worker {i} died and was not restarted (rollout.max_restarts="
+                               f"{self.max_restarts} used up)") from e
+        except RayActorError:  # still restarting: ask again
+            self._restarting[i] = (self.handles[i].__ray_ready__.remote(), deadline)
+            return
+        del self._restarting[i]
+        self._start_again(i, self.send_weights())  # a restarted worker holds the weights it started from
+
+    def _start_again(self, i: int, version: int) -> None:
         self.runs[i] = self.handles[i].run.remote()
         self.restarts += 1
         log.warning("rollout worker %d restarted at version %d", i, version)
+
+    def _restart(self, i: int) -> None:
+        """check()'s restart of worker i, blocking until it is back (an evaluation needs it now)."""
+        if i not in self._restarting:
+            self._ended(i)
+        self._restarting.pop(i, None)
+        self._start_again(i, self.wait_for(i))
 
     def _revive(self, i: int) -> None:
         """After worker i failed a call or answered on older weights: restarted as by `check` if its loop has

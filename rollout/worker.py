@@ -48,6 +48,7 @@ from rollout.weight_files import LOADED_ON_RECEIPT, check_weights, tensors_of
 
 log = logging.getLogger("slipstream.rollout")
 LEASE_RENEW_S = 1.0  # buffer.lease_ttl_s must be several times this (buffer/config.py checks >= 5 s)
+PUSH_LINGER_S = 0.05  # how long a finished group may wait for others to share its push (see _push_due)
 BUFFER_OUTAGE_S = 120.0  # Redis unreachable for longer than this ends the worker's loop with the error
 
 
@@ -58,6 +59,7 @@ class _GroupInFlight:
     future: object  # concurrent.futures.Future of list[Completion]
     submitted_at: float
     drawn_at: dict | None = None  # the source's cursor before it handed out this prompt's batch
+    finished_at: float = 0.0  # when its last sample finished (it then waits for its push in _finished)
 
 
 class RolloutWorker:
@@ -76,7 +78,8 @@ class RolloutWorker:
         # (prompt, its tokens, samples, the source's cursor before its batch was drawn) to submit
         self._planned: deque[tuple[Prompt, list[int], int, dict | None]] = deque()
         self._recorded: dict | None = None  # the prompt cursor last recorded in the buffer
-        self._in_flight: list[_GroupInFlight] = []
+        self._in_flight: list[_GroupInFlight] = []  # generating, in submission order
+        self._finished: list[_GroupInFlight] = []  # generated, waiting to be pushed together (_push_due)
         self._idle_since: float | None = None
         self.counters = {"groups": 0, "samples": 0, "tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0,
                          "weight_load_failures": 0, "engine_errors": 0, "pilot_prompts": 0, "gen_seconds": 0.0,
@@ -121,7 +124,8 @@ class RolloutWorker:
         self._stop.set()
 
     def stats(self) -> dict:
-        return {"worker_id": self.worker_id, **self.counters, "groups_in_flight": len(self._in_flight),
+        held = len(self._in_flight) + len(self._finished)  # the admission slots this worker holds
+        return {"worker_id": self.worker_id, **self.counters, "groups_in_flight": held,
                 **{f"engine/{k}": v for k, v in self.engine.stats().items()}, "version": self.version,
                 **{f"reward/{k}": v for k, v in self.scorer.counters().items()}}
 
@@ -179,7 +183,8 @@ class RolloutWorker:
     def _record_cursor(self) -> None:
         """Record (when it moved) where the source stood before it handed out the oldest prompt not pushed yet:
         the generating ones were drawn before the planned ones, in order (see the module's docstring)."""
-        pending = [g.drawn_at for g in self._in_flight] or [p[3] for p in self._planned]
+        unpushed = sorted(self._finished + self._in_flight, key=lambda g: g.submitted_at)
+        pending = [g.drawn_at for g in unpushed] or [p[3] for p in self._planned]
         cursor = pending[0] if pending else self.prompt_cursor()
         if cursor is not None and cursor != self._recorded:
             self.buffer.set_prompt_cursor(self.worker_id, cursor)
@@ -204,6 +209,9 @@ class RolloutWorker:
                 self.counters["buffer_errors"] += 1
                 log.warning("worker %d: %s; retrying", self.worker_id, str(e).splitlines()[0])
                 time.sleep(1.0)
+        if self._finished:
+            finished, self._finished = self._finished, []
+            self._push(finished)
         # the groups still in the engine will not be pushed: their admission slots go back
         self.buffer.push([], released=len(self._in_flight), holder=self.holder)
         self._in_flight = []
@@ -212,25 +220,48 @@ class RolloutWorker:
         return self.stats()
 
     def step(self, wait_s: float | None = None) -> int:
-        """One turn of the loop; returns the number of groups pushed (0: none finished within `wait_s`, by default
-        rollout.idle_sleep_s)."""
+        """One turn of the loop; returns the number of groups pushed (0: none is due yet, see _push_due)."""
         self._apply_pending_weights()
         self._renew_lease()
         self._fill()
         self._track_idle()
-        if not self._in_flight:
+        if self._in_flight:
+            self._collect(self.cfg.idle_sleep_s if wait_s is None else wait_s)
+        elif not self._finished:
             time.sleep(self.cfg.idle_sleep_s)  # the admission guard says no: poll again
             return 0
-        done, _ = wait([g.future for g in self._in_flight], timeout=self.cfg.idle_sleep_s if wait_s is None
-                       else wait_s, return_when=FIRST_COMPLETED)
-        finished = [g for g in self._in_flight if g.future in done]
-        if not finished:
+        if not self._push_due():
             return 0
-        self._in_flight = [g for g in self._in_flight if g.future not in done]
-        self._fill()  # their successors enter the engine before this thread scores and pushes them
+        finished, self._finished = self._finished, []
         pushed = self._push(finished)
         self._record_cursor()  # after the push, not before: a worker dying in between draws these again
         return pushed
+
+    def _collect(self, wait_s: float) -> None:
+        """Wait up to `wait_s` (less while finished groups wait for their push) for groups to finish; submit their
+        successors at once, before they are scored and pushed."""
+        if self._finished:
+            wait_s = min(wait_s, max(0.0, self._finished[0].finished_at + PUSH_LINGER_S - time.perf_counter()))
+        done, _ = wait([g.future for g in self._in_flight], timeout=wait_s, return_when=FIRST_COMPLETED)
+        if not done:
+            return
+        now = time.perf_counter()
+        for g in self._in_flight:
+            if g.future in done:
+                g.finished_at = now
+                self._finished.append(g)
+        self._in_flight = [g for g in self._in_flight if g.future not in done]
+        self._fill()
+
+    def _push_due(self) -> bool:
+        """Finished groups are pushed together: one scoring call, one statistics update and one push per batch
+        instead of per group (each costs a Redis round trip and a thread hand-off on the rollout worker's CPU).
+        They wait at most PUSH_LINGER_S, and not at all when nothing else is generating (a synchronous step's
+        last groups, or a worker held back by the admission guard), so no trainer waits on the lingering."""
+        if not self._finished:
+            return False
+        return (not self._in_flight or len(self._finished) >= max(1, self.cfg.groups_in_flight // 4)
+                or time.perf_counter() - self._finished[0].finished_at >= PUSH_LINGER_S)
 
     def _renew_lease(self) -> None:
         """Once a second: the reservations of groups still generating stay this worker's (buffer.lease_ttl_s)."""

@@ -59,7 +59,7 @@ class WeightTransport(abc.ABC):
     def _await(self, refs: list, version: int, what: str = "acknowledge") -> list:
         """Every live receiver's answer, or a WeightSyncError naming the first that failed or did not answer. A
         receiver whose actor died or is restarting does not hold the version back: the driver sends the weights
-        of the current version to it once Ray has restarted it (launcher/loop.py), before it generates again."""
+        of the current version to it once Ray has restarted it (launcher/workers.py), before it generates again."""
         return await_receivers(refs, self.options.timeout_s, f"{what} the weights of version {version}",
                                skip_dead=True)
 

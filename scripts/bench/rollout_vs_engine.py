@@ -89,10 +89,29 @@ async def _bare(args) -> dict:
     t0 = time.perf_counter()
     warm_end = t0 + args.warmup_seconds
     window["start"], window["end"] = warm_end, warm_end + args.seconds
+    cpu = asyncio.ensure_future(cpu_seconds_between(os.getpid(), warm_end, window["end"]))
     await asyncio.gather(*(keep_one_in_flight(window["end"]) for _ in range(cfg.groups_in_flight)))
     llm.shutdown()
     return {"tokens": window["tokens"], "groups": window["groups"], "seconds": args.seconds,
-            "tokens_per_s": round(window["tokens"] / args.seconds, 1)}
+            "tokens_per_s": round(window["tokens"] / args.seconds, 1),
+            "client_cpu_ms_per_group": round(1000 * await cpu / max(window["groups"], 1), 3)}
+
+
+async def cpu_seconds_between(pid: int, start: float, end: float) -> float:
+    """CPU seconds process `pid` (its threads, not its children) spends between two perf_counter times."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    before = sum(proc.cpu_times()[:2])
+    await asyncio.sleep(max(0.0, end - time.perf_counter()))
+    return sum(proc.cpu_times()[:2]) - before
+
+
+def actor_process(name: str = "ray::RolloutActor"):
+    import psutil
+
+    return next(p for p in psutil.process_iter(["cmdline"]) if name in " ".join(p.info["cmdline"] or []))
 
 
 def rollout_worker(args) -> dict:
@@ -127,15 +146,19 @@ def rollout_worker(args) -> dict:
             while buffer.stats()["gen_tokens"] == 0:  # the engine is up: the first group has landed
                 time.sleep(0.05)
             time.sleep(args.warmup_seconds)
-            start_tokens, t0 = buffer.stats()["gen_tokens"], time.perf_counter()
+            actor_proc = actor_process()
+            start_tokens, t0, cpu0 = buffer.stats()["gen_tokens"], time.perf_counter(), sum(actor_proc.cpu_times()[:2])
+            start_groups = buffer.stats()["pushed"]
             time.sleep(args.seconds)
             tokens, seconds = buffer.stats()["gen_tokens"] - start_tokens, time.perf_counter() - t0
+            cpu, groups = sum(actor_proc.cpu_times()[:2]) - cpu0, buffer.stats()["pushed"] - start_groups
             ray.get(worker.stop.remote())
             counters = ray.get(run)
             drainer.stop()
         finally:
             ray.shutdown()
     return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
+            "groups": groups, "client_cpu_ms_per_group": round(1000 * cpu / max(groups, 1), 3),
             "worker_counters": {k: counters[k] for k in ("groups", "samples", "tokens", "gen_seconds",
                                                          "engine_idle_s")}}
 

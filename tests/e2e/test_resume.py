@@ -164,8 +164,10 @@ def kill_tree(pid: int) -> None:
 
 
 def test_a_killed_rollout_worker_is_restarted_and_the_run_goes_on(tmp_path, tiny_model_path, unfaulted):
+    """Two workers, one killed: the other's batches keep training going while Ray restarts it (the driver does not
+    block on the restart), and the restarted one generates again (its new actor's counters are its own)."""
     proc = start(tmp_path, tiny_model_path, f"run.total_steps={STEPS}", "rollout.max_restarts=2",
-                 "buffer.lease_ttl_s=5", "run.checkpoint_every=0")
+                 "rollout.num_workers=2", "buffer.lease_ttl_s=5", "run.checkpoint_every=0")
     wait_for_step(proc, tmp_path, 3)
     actor = next(p for p in psutil.Process(proc.pid).children(recursive=True)
                  if "ray::RolloutActor" in " ".join(p.cmdline()))
@@ -174,6 +176,7 @@ def test_a_killed_rollout_worker_is_restarted_and_the_run_goes_on(tmp_path, tiny
     # (its reserved slots come back by their lease: tests/integration/test_buffer_contract.py; here the worker may
     # hold none at the moment it dies, when generation is waiting on the staleness bound)
     assert summary["steps"] == STEPS and summary["worker_restarts"] == 1
+    assert all(w.get("groups", 0) > 0 for w in summary["workers"]), summary["workers"]
     check_accounting(summary)
     check_held_out(summary, unfaulted)
     steps = [r for r in records(tmp_path) if "staleness_max" in r]
