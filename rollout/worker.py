@@ -169,7 +169,8 @@ class RolloutWorker:
         return [[s.reward for s in g.samples] for g in scored]
 
     def prompt_cursor(self) -> dict | None:
-        """Where this worker's prompt source stands now, or None for an endless one."""
+        """Where this worker's prompt source stands now (a data file's epoch and row, a task's random stream), or None
+        for a source that keeps no state."""
         return self.prompts.state() if hasattr(self.prompts, "state") else None
 
     def restore_prompt_cursor(self, cursor: dict | None) -> None:

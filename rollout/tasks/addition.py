@@ -99,6 +99,17 @@ class AdditionTask:
     def held_out(self) -> list[Prompt]:
         return [self.make_prompt(*p) for p in self._held_out]
 
+    def state(self) -> dict:
+        """Where the training stream stands (JSON): its random generator and the pool epoch's remaining order. A
+        checkpoint or a restarted worker restores it, so the stream goes on instead of repeating its start."""
+        version, internal, gauss = self._rng.getstate()
+        return {"rng": [version, list(internal), gauss], "order": list(self._order)}
+
+    def restore(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+        self._order = list(state["order"])
+
 
 @PROMPT_SOURCES.register("addition")
 def addition_source(data: DataConfig, task: TaskConfig, ctx: SourceContext) -> AdditionTask:

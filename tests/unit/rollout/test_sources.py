@@ -171,3 +171,19 @@ def test_fields_of_any_type_survive_the_buffers_msgpack():
     sample = Sample(empty, empty, np.zeros(0, np.float32), empty, 0.0, "stop")
     assert decode_group(encode_group(Group("p", "1+1=", [sample], fields=fields))).fields == {
         "answer": "2", "when": "2026-12-01", "pair": [1, 2], "tags": {"a": None}}
+
+
+@pytest.mark.parametrize("pool_size", [0, 50])
+def test_the_addition_stream_restores_where_a_checkpoint_left_off(pool_size):
+    """A resumed run or a restarted worker goes on with the built-in task's stream instead of repeating its start."""
+    from rollout.tasks.addition import AdditionTask
+
+    task = AdditionTask(seed=3, held_out_size=16, pool_size=pool_size)
+    task.next(7)
+    state = json.loads(json.dumps(task.state()))  # as the buffer stores it
+    expected = [p.prompt_id for p in task.next(60)]
+    again = AdditionTask(seed=3, held_out_size=16, pool_size=pool_size)
+    assert [p.prompt_id for p in again.next(60)] != expected  # without the state: the stream's start again
+    again = AdditionTask(seed=3, held_out_size=16, pool_size=pool_size)
+    again.restore(state)
+    assert [p.prompt_id for p in again.next(60)] == expected
