@@ -32,6 +32,7 @@ def confine(job: dict) -> None:
     applies it to root, hence nobody: no capabilities either. A bwrap box must manage the switch (argv[2] ==
     "must"); an unisolated run where nobody is not mapped (inside a user namespace) goes on as it is."""
     resource.setrlimit(resource.RLIMIT_NPROC, (job["processes"], job["processes"]))
+    os.environ.pop("PWD", None)  # bwrap's --chdir sets it; the environment is PATH, LANG, HOME and TMPDIR only
     if os.getuid() != 0:
         return
     try:

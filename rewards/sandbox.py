@@ -107,6 +107,9 @@ def _run_io(case: Case, limits: box.Limits, isolated: bool, scratch: str, deadli
     job_r, job_w = os.pipe()
     try:
         b = _start("io", limits, isolated, scratch, {3: job_r})
+    except BaseException:
+        os.close(job_w)
+        raise
     finally:
         os.close(job_r)
     _feed(open(job_w, "wb"), json.dumps({"source": case.source, "processes": limits.processes}).encode())

@@ -7,6 +7,7 @@ these tests would fail against a sandbox that did not stop it.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -68,28 +69,54 @@ READ_ANCESTOR_ENVIRON = textwrap.dedent('''
 ''')
 
 
-def test_an_ancestors_environment_cannot_be_read(monkeypatch):
+ANCESTOR = textwrap.dedent('''
+    import json, os, subprocess, sys
+    from rewards import SandboxConfig
+    from rewards.sandbox import Case, run_cases
+    attack, secret = sys.argv[1], os.environ["SLIPSTREAM_ESCAPE_SECRET"]
+    # the control: a child with an empty environment, as a scrubbing sandbox would start it
+    control = subprocess.run([sys.executable, "-I", "-c", attack], env={}, capture_output=True, text=True)
+    [boxed] = run_cases([Case(attack, expected_stdout=secret)], SandboxConfig(wall_seconds=8.0)).cases
+    print(json.dumps([control.stdout.strip(), boxed.status]))
+''')
+
+
+def test_an_ancestors_environment_cannot_be_read():
+    """The secret is in the environment this process was started with (what /proc/<pid>/environ shows): the
+    sandbox's ancestor, as the rollout worker is in a run."""
     secret = f"sk-{uuid.uuid4().hex}"
-    monkeypatch.setenv("SLIPSTREAM_ESCAPE_SECRET", secret)  # this process is the sandbox's ancestor
-    assert on_host(READ_ANCESTOR_ENVIRON) == secret
-    assert boxed(READ_ANCESTOR_ENVIRON, expected=secret) == "wrong_answer"
+    proc = subprocess.run([sys.executable, "-c", ANCESTOR, READ_ANCESTOR_ENVIRON], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, SLIPSTREAM_ESCAPE_SECRET=secret))
+    assert proc.returncode == 0, proc.stderr
+    control, boxed_status = json.loads(proc.stdout)
+    assert control == secret  # an unboxed child with a scrubbed environment still reads it from its parent
+    assert boxed_status == "wrong_answer"
 
 
 FORGE_THE_VERDICT = textwrap.dedent('''
-    import gc, os, sys
-    # everything this process holds: every frame's locals, every object the collector knows
-    frame, seen = sys._getframe(), []
-    while frame is not None:
-        seen.append(dict(frame.f_locals))
-        frame = frame.f_back
-    words = [repr(x) for x in seen] + [repr(o)[:200] for o in gc.get_objects() if isinstance(o, (str, bytes))]
-    for fd in range(64):  # say "passed" / the found strings on every descriptor, then leave with status 0
-        for w in words[-50:] + ["passed", "ok", "0"]:
+    import os, sys
+
+    def forge():
+        # walk every frame above this code: take anything that looks like the harness's secret and every
+        # descriptor number it keeps, write the secret on each, and leave with status 0 before the test runs
+        frame, secrets, fds = sys._getframe(1), [], set(range(3, 64))
+        while frame is not None:
+            for name, value in list(frame.f_locals.items()):
+                items = list(value.items()) if isinstance(value, dict) else [(name, value)]
+                for key, v in items:
+                    if isinstance(key, str) and any(w in key for w in ("nonce", "secret", "token", "verdict")):
+                        secrets.append(str(v))
+                    elif isinstance(v, int) and not isinstance(v, bool) and 2 < v < 1024:
+                        fds.add(v)
+            frame = frame.f_back
+        for fd in sorted(fds):
             try:
-                os.write(fd, (w + "\\n").encode())
+                os.write(fd, (secrets[0] if secrets else "passed").encode())
             except OSError:
-                break
-    os._exit(0)
+                pass
+        os._exit(0)
+
+    forge()
 ''')
 
 
@@ -97,7 +124,7 @@ def test_a_frame_walk_cannot_forge_a_pass():
     """The verdict of an assert case is the exit status of the test box; the code's process holds no secret
     and cannot reach that box, so `assert False` fails whatever the code writes or wherever it exits."""
     result = python_tests("q", f"```python\n{FORGE_THE_VERDICT}\n```", tests=["assert False"], sandbox=LIMITS)
-    assert result.score == 0.0 and result.info["statuses"] == {"error": 1}
+    assert result.score == 0.0 and result.info["passed"] == 0
     exit_in_a_call = "import os\ndef add(a, b):\n    os._exit(0)\n"
     result = python_tests("q", exit_in_a_call, tests=["assert add(1, 2) == 3", "add(1, 2)\nassert False"],
                           sandbox=LIMITS)
@@ -169,9 +196,13 @@ def _connect_code(targets: list) -> str:
 
 
 def _host_ip() -> str:
+    """An address of this machine other than loopback, if it has one."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
-        return s.getsockname()[0]
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
+            return s.getsockname()[0]
+        except OSError:
+            return socket.gethostbyname(socket.gethostname())
 
 
 @pytest.fixture
@@ -204,8 +235,7 @@ def test_host_sockets_and_the_network_are_out_of_reach(redis_on_a_unix_socket):
         abstract.listen()
         gcs_host, gcs_port = session.rsplit(":", 1)
         targets = ([("AF_UNIX", p) for p in ray_sockets + [redis_path, abstract.getsockname()]]
-                   + [("AF_INET", [h, redis_port]) for h in ("127.0.0.1", _host_ip())]
-                   + [("AF_INET", [gcs_host, int(gcs_port)])])
+                   + [("AF_INET", ["127.0.0.1", redis_port]), ("AF_INET", [gcs_host, int(gcs_port)])])
         code = _connect_code(targets)
         assert ray_sockets and on_host(code) == str(len(targets))  # every one is reachable from the host
         assert boxed(code, expected=str(len(targets))) == "wrong_answer"
