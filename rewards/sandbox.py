@@ -37,6 +37,7 @@ log = logging.getLogger("slipstream.rewards")
 STARTUP_ALLOWANCE_S = 5.0  # kept for the config check: a reward's limit must cover wall_seconds + this
 MAX_PROCESSES = 32  # RLIMIT_NPROC of a box
 CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # soft CPU limit, or the hard one (soft + 1 s)
+EXIT_GRACE_S = 0.5  # a box whose case is over may take this long to exit by itself before it is killed
 
 
 @dataclass
@@ -184,18 +185,16 @@ def _feed(target, data: bytes) -> None:
 def _collect(boxes: list[_Box], judged: _Box, deadline: float, output_bytes: int) -> Optional[str]:
     """Read the boxes' stdout/stderr until `judged` has ended; None, or the status of a box killed by us.
 
-    Then the other boxes are killed (a solution box may wait for requests forever) and drained."""
+    A box whose pipes have closed is exiting: it is waited for (briefly) so that its own exit status, a CPU
+    limit say, is read rather than our kill's. When `judged` has ended, the others get the same grace (a
+    solution box exits when the test box's requests end), then whatever still runs is killed."""
     sel = selectors.DefaultSelector()
     for b in boxes:
         sel.register(b.proc.stdout, selectors.EVENT_READ, (b, b.out))
         sel.register(b.proc.stderr, selectors.EVENT_READ, (b, b.err))
-    why, judged_open = None, 2
+    why, open_pipes = None, {id(b): 2 for b in boxes}
     try:
-        while sel.get_map() and why is None:
-            if judged_open == 0:  # the judged box closed both pipes: it is exiting
-                _wait(judged, deadline)
-                _kill([b for b in boxes if b is not judged])
-                judged_open = -1
+        while open_pipes[id(judged)] and why is None:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 why = "wall_timeout"
@@ -205,11 +204,14 @@ def _collect(boxes: list[_Box], judged: _Box, deadline: float, output_bytes: int
                 data = os.read(key.fd, 65536)
                 if not data:
                     sel.unregister(key.fileobj)
-                    judged_open -= owner is judged
+                    open_pipes[id(owner)] -= 1
                 elif len(buf) + len(data) > output_bytes:
                     why = "output_limit"
                 else:
                     buf.extend(data)
+        if why is None:
+            for b in [judged] + [b for b in boxes if b is not judged]:
+                _wait(b, min(deadline, time.monotonic() + EXIT_GRACE_S))
     finally:
         sel.close()
         _kill(boxes)
@@ -219,10 +221,10 @@ def _collect(boxes: list[_Box], judged: _Box, deadline: float, output_bytes: int
     return why
 
 
-def _wait(b: _Box, deadline: float) -> None:
+def _wait(b: _Box, until: float) -> None:
     try:
-        b.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:  # pipes closed but still running: the kill follows
+        b.proc.wait(timeout=max(0.0, until - time.monotonic()))
+    except subprocess.TimeoutExpired:  # still running: the kill follows
         pass
 
 

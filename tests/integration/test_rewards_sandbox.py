@@ -57,6 +57,39 @@ def test_python_tests_accepts_apps_json_and_a_single_test_string():
     assert python_tests("q", ADD_OK, tests="assert add(2, 2) == 4", sandbox=FAST).score == 1.0
 
 
+def test_assert_cases_see_the_solution_through_plain_values():
+    """What MBPP/HumanEval-style tests do: the solution's modules, classes, methods, exceptions, containers."""
+    code = textwrap.dedent('''
+        import math
+        from collections import namedtuple
+        Point = namedtuple("Point", "x y")
+        class Solution:
+            def two_sum(self, nums, target):
+                seen = {}
+                for i, n in enumerate(nums):
+                    if target - n in seen:
+                        return [seen[target - n], i]
+                    seen[n] = i
+        def area(r):
+            if r < 0:
+                raise ValueError("negative radius")
+            return math.pi * r * r
+        def stats(xs):
+            return {"min": min(xs), "pair": (xs[0], xs[-1]), "set": set(xs), "raw": bytes(xs), "nan": float("nan")}
+        def gen(n):
+            yield from range(n)
+        def origin():
+            return Point(0, 0)
+    ''')
+    tests = ["assert math.isclose(area(2), 12.566, rel_tol=1e-3)", "assert Solution().two_sum([2, 7, 11], 9) == [0, 1]",
+             "try:\n    area(-1)\n    assert False\nexcept ValueError as e:\n    assert 'negative' in str(e)",
+             "s = stats([3, 1, 2])\nassert s['min'] == 1 and s['pair'] == (3, 2) and s['set'] == {1, 2, 3}\n"
+             "assert s['raw'] == bytes([3, 1, 2]) and s['nan'] != s['nan']",
+             "assert list(gen(3)) == [0, 1, 2] and len(list(gen(4))) == 4", "assert origin() == (0, 0)"]
+    result = python_tests("q", code, tests=tests, sandbox=FAST)
+    assert result.info["statuses"] == {"passed": len(tests)}, result.info
+
+
 def test_python_tests_without_tests_raises():
     with pytest.raises(ValueError, match="needs a `tests` or `test_cases` field"):
         python_tests("q", ADD_OK, sandbox=FAST)

@@ -138,6 +138,16 @@ def test_objects_of_the_solution_cannot_decide_a_comparison():
     assert result.score == 0.0
 
 
+def test_patched_modules_and_shadowed_builtins_of_the_solution_do_not_reach_the_test():
+    """The test's `math` is the test box's own import, its `set` the real builtin: patching them in the
+    solution's process changes nothing the asserts use."""
+    patched = "import math\nmath.isclose = lambda *a, **k: True\ndef area(r):\n    return 1.0\n"
+    shadowed = "def set(*args):\n    return {1, 2}\n\ndef f(x):\n    return [9]\n"
+    assert python_tests("q", patched, tests=["assert math.isclose(area(2), 12.566, rel_tol=1e-3)"],
+                        sandbox=LIMITS).score == 0.0
+    assert python_tests("q", shadowed, tests=["assert set(f(1)) == {1, 2}"], sandbox=LIMITS).score == 0.0
+
+
 def test_a_fork_bomb_hits_the_process_limit():
     marker = f"forkbomb-{uuid.uuid4().hex[:8]}"
     bomb = textwrap.dedent(f'''
@@ -225,7 +235,7 @@ def test_host_sockets_and_the_network_are_out_of_reach(redis_on_a_unix_socket):
     import ray
 
     redis_path, redis_port = redis_on_a_unix_socket
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # our own cluster
     try:
         session = ray.get_runtime_context().gcs_address  # host:port of Ray's GCS (TCP)
         sockets_dir = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "sockets")
