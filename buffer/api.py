@@ -15,7 +15,7 @@ from typing import Protocol
 from buffer.config import BufferConfig, problems
 from buffer.errors import BufferUnavailable
 from buffer.prompt_stats import PromptStat
-from buffer.schema import SCHEMA_VERSION, Group, Sample, decode_group, encode_group
+from buffer.schema import SCHEMA_VERSION, CorruptGroup, Group, Sample, decode_group, encode_group
 from buffer.server import EmbeddedRedis, free_port
 
 # Counters that generators add through push(counters=...) and that stats() reports.
@@ -69,7 +69,9 @@ class PromptStatsStore(Protocol):
 class Buffer(Protocol):
     """Invariants (both backends): admission is atomic across all callers; at most (eta + v + 1) * B groups exist
     ahead of the trainer; a popped group leaves only at commit (at-least-once); a group staler than eta is evicted
-    when popped and gives its admission slot back."""
+    when popped and gives its admission slot back; an entry that does not decode into a valid group (wrong
+    schema version, dtype, shape or lengths; garbage) is moved aside when popped, counted in
+    stats()["quarantined"], gives its slot back and is never returned: every payload of a PoppedBatch decodes."""
 
     eta: int
     groups_per_step: int
@@ -135,5 +137,6 @@ def connect(url: str, prefix: str, cfg: BufferConfig) -> Buffer:
 
 
 __all__ = ["METRIC_COUNTERS", "SCHEMA_VERSION", "BoundMismatch", "Buffer", "BufferConfig", "BufferUnavailable",
+           "CorruptGroup",
            "EmbeddedRedis", "Group", "PoppedBatch", "PromptStat", "PromptStatsStore", "Sample", "check_bound",
            "connect", "decode_group", "encode_group", "free_port", "problems", "staleness_bound"]

@@ -1,24 +1,28 @@
 """The in-process buffer: the Buffer contract for one process (unit tests of the worker loop, notebooks, scripts
 that run a worker and a trainer in threads). Same rules as RedisBuffer, evaluated by the same pure functions:
 admission by `staleness.admission_capacity` plus `max_buffered`, eviction of groups staler than eta at pop,
-at-least-once pops (a batch not committed within claim_idle_s is handed out again), groups kept encoded.
+at-least-once pops (a batch not committed within claim_idle_s is handed out again), groups kept encoded, and
+entries that do not decode into a valid group quarantined at pop (kept in `quarantine`, counted, never returned).
 
 Thread-safe: one lock over all state; `pop` waits on a condition that `push` notifies.
 """
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass
 
 from buffer.api import METRIC_COUNTERS, BufferUnavailable, PoppedBatch, check_bound, staleness_bound
 from buffer.prompt_stats import PromptStat
-from buffer.schema import Group, encode_group
+from buffer.schema import Group, encode_group, problem_of
 from buffer.staleness import admission_capacity, is_usable, staleness
 
+QUARANTINE_KEEP = 1000  # the last entries moved aside, kept for inspection
 _NAMED: dict[str, "MemoryBuffer"] = {}
 _NAMED_LOCK = threading.Lock()
+log = logging.getLogger("slipstream.buffer")
 
 
 @dataclass
@@ -29,6 +33,7 @@ class _Entry:
     claimed_by: str | None = None  # consumer holding it (part of a batch still filling) or given it
     claimed_at: float = 0.0
     handed_out: bool = False  # returned in a batch: another consumer takes it back after claim_idle_s
+    checked: bool = False  # decoded once at pop and found a valid group
 
     def available_to(self, consumer: str, now: float, claim_idle_s: float) -> bool:
         if self.claimed_by is None:
@@ -50,7 +55,9 @@ class MemoryBuffer:
         self._ids = itertools.count(1)
         self._stored_bound: dict[str, int] | None = None
         self._counters = dict.fromkeys(("version", "accepted", "running", "dropped_stale", "released", "gen_tokens",
-                                        "expired_reservations", "pushed", "committed") + METRIC_COUNTERS, 0)
+                                        "expired_reservations", "pushed", "committed", "quarantined")
+                                       + METRIC_COUNTERS, 0)
+        self.quarantine: list[tuple[int, str, bytes]] = []  # (entry id, why, payload) of entries moved aside
         self.lease_ttl_s = lease_ttl_s
         self._leases: dict[str, int] = {}  # holder -> slots it reserved and has not pushed
         self._lease_until: dict[str, float] = {}  # holder -> when its lease ends (monotonic)
@@ -136,9 +143,13 @@ class MemoryBuffer:
             while True:
                 now = time.monotonic()
                 taken, stale = [], []
-                for e in self._entries.values():  # oldest first
-                    if e.available_to(consumer, now, self.claim_idle_s):
-                        (taken if is_usable(version, e.min_version, self.eta) else stale).append(e)
+                for e in list(self._entries.values()):  # oldest first
+                    if not e.available_to(consumer, now, self.claim_idle_s):
+                        continue
+                    if not is_usable(version, e.min_version, self.eta):
+                        stale.append(e)
+                    elif e.checked or self._admissible(e):
+                        taken.append(e)
                 for e in stale:
                     del self._entries[e.entry_id]
                 dropped += len(stale)
@@ -157,6 +168,19 @@ class MemoryBuffer:
                 if now >= deadline:
                     return None
                 self._cond.wait(timeout=min(deadline - now, 0.05))
+
+    def _admissible(self, e: _Entry) -> bool:
+        """Decode `e` once; one that is not a valid group is moved aside (under the lock) and counted."""
+        problem = problem_of(e.payload)
+        if problem is None:
+            e.checked = True
+            return True
+        del self._entries[e.entry_id]
+        self.quarantine = (self.quarantine + [(e.entry_id, problem, e.payload)])[-QUARANTINE_KEEP:]
+        self._counters["accepted"] -= 1
+        self._counters["quarantined"] += 1
+        log.warning("buffer %r: entry %d is not a valid group (%s); moved aside", self.prefix, e.entry_id, problem)
+        return False
 
     def commit(self, batch: PoppedBatch) -> None:
         with self._cond:

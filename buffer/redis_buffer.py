@@ -15,12 +15,16 @@ Invariants:
 - a group staler than eta when popped, or made by weights newer than the current version (a resume from an
   older checkpoint), is deleted, counted in `dropped_stale`, never returned, and gives its admission slot back
   (otherwise dropped groups would shrink capacity until generators and trainer deadlock);
+- an entry that does not decode into a valid group (buffer.schema.decode_group), or lacks its version field, is
+  moved to `<prefix>:quarantine` (a Stream of the last QUARANTINE_KEEP, with the reason), counted in
+  `quarantined`, never returned, and gives its admission slot back: a poison pill never reaches a trainer;
 - no group is in two batches of one buffer object: `pop` re-claims idle entries of other consumers, or its own
   left by an earlier process, never those it holds or has handed out; `release` hands a batch out again.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import redis
@@ -28,7 +32,7 @@ import redis
 from buffer.api import METRIC_COUNTERS, BufferUnavailable, PoppedBatch, check_bound, staleness_bound
 from buffer.prompt_stats import PromptStats
 from buffer.redis_client import make_client, redis_errors
-from buffer.schema import Group, encode_group
+from buffer.schema import Group, encode_group, problem_of
 from buffer.staleness import is_usable, staleness
 
 # Reservations of a holder (a rollout worker's incarnation) whose lease key expired go back: a worker that died
@@ -74,7 +78,7 @@ return {granted, v}
 """
 
 # A commit counts the groups it removed, not those it was given: committing a batch again (after a server restart
-# that lost the first commit) counts nothing twice, so pushed = committed + dropped_stale + buffered holds.
+# that lost the first commit) counts nothing twice, so pushed = committed + dropped_stale + quarantined + buffered holds.
 _COMMIT_LUA = """
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
 local removed = redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
@@ -95,7 +99,10 @@ if n > 0 then redis.call('DECRBY', KEYS[1], n) end
 return n
 """
 
+log = logging.getLogger("slipstream.buffer")
+
 CONSUMER_GROUP = "trainers"
+QUARANTINE_KEEP = 1000  # entries kept in <prefix>:quarantine for inspection (approximately: MAXLEN ~)
 
 
 class RedisBuffer:
@@ -220,16 +227,22 @@ class RedisBuffer:
         while len(self._held) < n:
             need = n - len(self._held)
             entries = self._reclaim(consumer, need) or self._read_new(consumer, need, deadline)
-            fresh, stale_ids = [], []
+            fresh, stale_ids, bad = [], [], []
             for entry_id, data in entries:
-                min_version = int(data[b"v"])  # staleness is decided without decoding the group
-                if not is_usable(version, min_version, self.eta):
+                min_version = _entry_version(data)
+                if min_version is None:
+                    bad.append((entry_id, data, "no integer version field 'v'"))
+                elif not is_usable(version, min_version, self.eta):  # decided without decoding the group
                     stale_ids.append(entry_id)
+                elif (problem := problem_of(data.get(b"g"))) is not None:
+                    bad.append((entry_id, data, problem))
                 else:
                     fresh.append((entry_id, data[b"g"], min_version))
             if stale_ids:
                 self._evict(stale_ids)
                 dropped += len(stale_ids)
+            if bad:
+                self._quarantine(bad)
             self._held.extend(fresh)
             if len(self._held) < n and time.monotonic() >= deadline:
                 return None
@@ -261,6 +274,22 @@ class RedisBuffer:
             p.incrby(self.key("dropped_stale"), len(entry_ids))
             p.execute()
 
+    def _quarantine(self, bad: list[tuple[bytes, dict, str]]) -> None:
+        """Move undecodable entries aside: out of the stream (acked), into the quarantine stream, counted."""
+        with self.client.pipeline(transaction=True) as p:
+            for entry_id, data, why in bad:
+                p.xadd(self.key("quarantine"), {"id": entry_id, "why": why, "g": data.get(b"g", b"")},
+                       maxlen=QUARANTINE_KEEP, approximate=True)
+            ids = [t[0] for t in bad]
+            p.xack(self.key("groups"), CONSUMER_GROUP, *ids)
+            p.xdel(self.key("groups"), *ids)
+            p.decrby(self.key("accepted"), len(ids))
+            p.incrby(self.key("quarantined"), len(ids))
+            p.execute()
+        for entry_id, _, why in bad:
+            log.warning("buffer: entry %s is not a valid group (%s); moved to %s", entry_id.decode(), why,
+                        self.key("quarantine"))
+
     @redis_errors
     def commit(self, batch: PoppedBatch) -> None:
         """The step that used `batch` is done: its groups leave the buffer for good."""
@@ -289,7 +318,7 @@ class RedisBuffer:
     @redis_errors
     def stats(self) -> dict[str, int]:
         names = ("version", "accepted", "running", "dropped_stale", "released", "gen_tokens",
-                 "expired_reservations", "pushed", "committed") + METRIC_COUNTERS
+                 "expired_reservations", "pushed", "committed", "quarantined") + METRIC_COUNTERS
         with self.client.pipeline(transaction=True) as p:  # one moment: the counters agree with the stream
             p.mget([self.key(n) for n in names])
             p.xlen(self.key("groups"))
@@ -309,3 +338,10 @@ class RedisBuffer:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _entry_version(data: dict) -> int | None:
+    try:
+        return int(data[b"v"])
+    except (KeyError, ValueError, TypeError):
+        return None

@@ -4,6 +4,8 @@ Wire format is msgpack with numpy arrays packed as (dtype, shape, bytes), never 
 reachable over the network, and unpickling untrusted bytes executes code.
 
 Invariants:
+- `decode_group` returns a valid Group or raises CorruptGroup (never another error): entries written by another
+  version, truncated, or with the wrong dtypes, shapes or lengths are refused whole;
 - every response token has a behaviour log-prob and the policy version that produced it
   (`len(response_ids) == len(behaviour_logprobs) == len(token_versions)`);
 - a Group holds all samples drawn for one prompt in one allocation; GRPO-style advantages need all of them.
@@ -13,10 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import math
+
 import msgpack
 import numpy as np
 
 SCHEMA_VERSION = 1
+
+
+class CorruptGroup(ValueError):
+    """A buffer entry that does not decode into a valid Group; the message says what is wrong with it."""
 
 
 @dataclass
@@ -69,11 +77,27 @@ def _pack_array(a: np.ndarray) -> dict:
     return {"d": a.dtype.str, "s": list(a.shape), "b": a.tobytes()}
 
 
-def _unpack_array(d: dict) -> np.ndarray:
-    return np.frombuffer(d["b"], dtype=np.dtype(d["d"])).reshape(d["s"])
+def _unpack_array(d: Any, key: str, name: str) -> np.ndarray:
+    want = _DTYPES[key]
+    if not isinstance(d, dict) or not isinstance(d.get("d"), str) or not isinstance(d.get("b"), bytes):
+        raise CorruptGroup(f"{name}: not a packed array")
+    try:
+        dtype = np.dtype(d["d"])
+    except TypeError as e:
+        raise CorruptGroup(f"{name}: dtype {d['d']!r} is not a dtype") from e
+    if dtype != want:
+        raise CorruptGroup(f"{name}: dtype {dtype} != {want}")
+    shape = d.get("s")
+    if not (isinstance(shape, list) and len(shape) == 1 and type(shape[0]) is int and shape[0] >= 0):
+        raise CorruptGroup(f"{name}: shape {shape!r} is not one length")
+    if len(d["b"]) != shape[0] * dtype.itemsize:
+        raise CorruptGroup(f"{name}: {len(d['b'])} bytes for {shape[0]} values of {dtype}")
+    return np.frombuffer(d["b"], dtype=dtype)
 
 
-_ARRAYS = ("prompt_ids", "response_ids", "behaviour_logprobs", "token_versions")
+_DTYPES = {"prompt_ids": np.dtype("<i4"), "response_ids": np.dtype("<i4"), "behaviour_logprobs": np.dtype("<f4"),
+           "token_versions": np.dtype("<i4")}
+_ARRAYS = tuple(_DTYPES)
 
 
 def encode_group(group: Group) -> bytes:
@@ -91,13 +115,57 @@ def encode_group(group: Group) -> bytes:
 
 
 def decode_group(data: bytes) -> Group:
-    d = msgpack.unpackb(data, raw=False)
+    """The Group in `data`; CorruptGroup naming the first problem if it is not a valid one."""
+    try:
+        d = msgpack.unpackb(data, raw=False)
+    except Exception as e:  # noqa: BLE001 - msgpack raises several types for truncated or foreign bytes
+        raise CorruptGroup(f"not a msgpack group ({type(e).__name__}: {e})") from e
+    if not isinstance(d, dict):
+        raise CorruptGroup(f"not a group but a {type(d).__name__}")
     if d.get("v") != SCHEMA_VERSION:
-        raise ValueError(f"group schema version {d.get('v')} != {SCHEMA_VERSION}: producer and consumer differ")
-    samples = []
-    for s in d["samples"]:
-        arrays = {k: _unpack_array(s[k]) for k in _ARRAYS}
-        samples.append(Sample(**arrays, reward=s["reward"], finish_reason=s["finish_reason"],
-                              reward_details=s["reward_details"], gen_seconds=s["gen_seconds"]))
+        raise CorruptGroup(f"group schema version {d.get('v')!r} != {SCHEMA_VERSION}: producer and consumer differ")
+    _expect(d, {"prompt_id": str, "prompt": str, "worker_id": int, "fields": dict, "samples": list}, "group")
+    if not d["samples"]:
+        raise CorruptGroup("group without samples")
+    samples = [_decode_sample(s, i) for i, s in enumerate(d["samples"])]
     return Group(prompt_id=d["prompt_id"], prompt=d["prompt"], samples=samples,
                  worker_id=d["worker_id"], fields=d["fields"])
+
+
+def problem_of(data: Any) -> str | None:
+    """Why the entry payload `data` is not a valid group, or None if it is one (it is decoded once to know)."""
+    if not isinstance(data, bytes):
+        return f"payload is {type(data).__name__}, not bytes"
+    try:
+        decode_group(data)
+    except CorruptGroup as e:
+        return str(e)
+    return None
+
+
+def _decode_sample(s: Any, i: int) -> Sample:
+    if not isinstance(s, dict):
+        raise CorruptGroup(f"sample {i}: not a map")
+    _expect(s, {"reward": (int, float), "finish_reason": str, "reward_details": dict, "gen_seconds": (int, float)},
+            f"sample {i}")
+    arrays = {k: _unpack_array(s.get(k), k, f"sample {i} {k}") for k in _ARRAYS}
+    if not math.isfinite(s["reward"]):
+        raise CorruptGroup(f"sample {i}: reward {s['reward']} is not finite")
+    if not np.isfinite(arrays["behaviour_logprobs"]).all() or (arrays["token_versions"] < 0).any():
+        raise CorruptGroup(f"sample {i}: a log-prob that is not finite or a negative policy version")
+    try:
+        return Sample(**arrays, reward=float(s["reward"]), finish_reason=s["finish_reason"],
+                      reward_details=s["reward_details"], gen_seconds=float(s["gen_seconds"]))
+    except ValueError as e:  # the lengths of the per-token arrays differ
+        raise CorruptGroup(f"sample {i}: {e}") from e
+
+
+def _expect(d: dict, types: dict, where: str) -> None:
+    for key, kind in types.items():
+        value = d.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CorruptGroup(f"{where}: {key} is {type(value).__name__}, not {_name(kind)}")
+
+
+def _name(kind: Any) -> str:
+    return " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__

@@ -296,6 +296,7 @@ class TrainingLoop:
              "staleness_hist": {str(v): batch.staleness.count(v) for v in sorted(set(batch.staleness))},
              "buffer_depth": stats["buffered"], "running_groups": stats["running"],
              "dropped_stale": batch.dropped_stale, "dropped_stale_total": stats["dropped_stale"],
+             "quarantined_total": stats["quarantined"],
              "gen_tokens_per_s": (stats["gen_tokens"] - self.prev_gen) / max(now - self.prev_t, 1e-9),
              "gen_tokens_total": stats["gen_tokens"], **{f"{k}_total": stats[k] for k in METRIC_COUNTERS},
              "elapsed_s": self.elapsed_before["elapsed_s"] + elapsed, "train_elapsed_s": self._train_elapsed(now),
@@ -342,11 +343,11 @@ class TrainingLoop:
             "worker_restarts": self.rollout.restarts, "evaluation_retries": self.rollout.evaluation_retries,
             "reservations_expired": stats["expired_reservations"],
             "redis_restarts": self.redis_restarts, "trainer_restarts": self.trainer_restarts,
-            # every group pushed is committed, dropped as stale or still buffered; the driver trained each
+            # every group pushed is committed, dropped as stale, quarantined (did not decode) or still buffered; the driver trained each
             # committed one once (after a resume, those of the steps it superseded were committed by the old run)
             "groups": {"pushed": stats["pushed"], "committed": stats["committed"],
                        "trained": self.totals["trained_groups"], "dropped_stale": stats["dropped_stale"],
-                       "buffered": stats["buffered"]},
+                       "quarantined": stats["quarantined"], "buffered": stats["buffered"]},
         }
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)

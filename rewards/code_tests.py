@@ -62,4 +62,4 @@ def python_tests(prompt: str, completion: str, *, tests: Optional[list] = None, 
     statuses = Counter(c.status for c in run.cases)
     return RewardResult(score=score, sub_scores={"pass_rate": rate},
                         info={"passed": passed, "total": len(cases), "statuses": dict(statuses),
-                              "network_isolated": run.network_isolated})
+                              "isolated": run.isolated})

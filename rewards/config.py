@@ -39,14 +39,15 @@ class RewardSpec:
 
 @dataclass
 class SandboxConfig:
-    """Limits of rewards that execute generated code (e.g. `python_tests`); one test case at a time."""
-    cpu_seconds: float = 2.0  # CPU time of one test case (RLIMIT_CPU)
-    memory_mb: int = 1024  # address space of one test case (RLIMIT_AS)
-    output_bytes: int = 1 << 20  # stdout and stderr of one test case, each (RLIMIT_FSIZE on the files)
+    """Limits of rewards that execute generated code (e.g. `python_tests`); one test case at a time, each in
+    its own bubblewrap box (rewards/box.py; an assert case: a box for the code, one for the test)."""
+    cpu_seconds: float = 2.0  # CPU time of each process of a test case (RLIMIT_CPU, rounded up to seconds)
+    memory_mb: int = 1024  # address space of each process of a test case (RLIMIT_AS)
+    output_bytes: int = 1 << 20  # stdout and stderr of one test case, each, read from its pipes
     wall_seconds: float = 6.0  # wall clock of all test cases of one completion together
-    # True: fail at start-up unless the OS lets the sandbox unshare its network namespace.
-    # False: run without network isolation where it cannot be had, with a logged warning.
-    require_network_isolation: bool = False
+    # False: refuse to run generated code (at start-up and per call) where bubblewrap cannot make its box.
+    # True: run it there anyway with resource limits only, NOT isolated (a logged warning; docs/rewards.md).
+    allow_unisolated: bool = False
 
 
 @dataclass

@@ -1,16 +1,15 @@
-"""Run untrusted Python (a model's completion) against test cases in a separate, limited process.
+"""Run untrusted Python (a model's completion) against test cases, each case in isolated boxes.
 
-`run_cases` starts rewards/_sandbox_child.py (`python -I`, so no PYTHON* variables or user site) in a
-fresh scratch directory, in a new session, with an environment built from nothing but PATH and LANG
-(HOME and TMPDIR point at the scratch directory): API keys and tokens of the trainer never reach it.
-The child leaves the network namespace where the OS allows it and runs each case in its own forked
-process under RLIMIT_CPU, RLIMIT_AS and RLIMIT_FSIZE (see that module). When the network cannot be
-isolated, the code still runs and a warning is logged once per process; set
-`SandboxConfig.require_network_isolation` to refuse instead (checked at start-up by `check_isolation`).
+Per case (rewards/box.py makes the boxes; rewards/_sandbox_child.py runs in them):
+- stdin/stdout case: one `io` box runs the program; this process compares its stdout (read from the
+  box's pipe, at most `output_bytes`) with the expected output, which never enters any box;
+- assert case: a `solution` box runs the code and a separate `test` box runs the test statements; the
+  test box sees the solution's names as handles and gets plain values back, so its asserts compare
+  values in a process the code cannot reach. The verdict is the test box's exit status, read here.
+No secret is involved anywhere, so there is none to steal.
 
-Limits, honestly: this is a guard against accidents (infinite loops, huge outputs, memory blow-ups,
-stray network calls, reading the trainer's secrets from the environment), not a security boundary
-against a determined adversary: the code runs as the same user and sees the file system.
+Where bubblewrap cannot run, `run_cases` refuses (RewardError naming what is missing and how to install
+it) unless `SandboxConfig.allow_unisolated` is true; then the same processes run with limits only.
 
 Invariant: `run_cases` returns one CaseResult per case and never raises for anything the code does.
 """
@@ -20,20 +19,25 @@ import functools
 import json
 import logging
 import os
+import selectors
 import signal
 import subprocess
-import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from typing import Optional
 
+from rewards import box
 from rewards.config import SandboxConfig
 from rewards.schema import RewardError
 
 log = logging.getLogger("slipstream.rewards")
 
-CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
-STARTUP_ALLOWANCE_S = 5.0  # the child's own interpreter start-up, on top of the cases' wall budget
+STARTUP_ALLOWANCE_S = 5.0  # kept for the config check: a reward's limit must cover wall_seconds + this
+MAX_PROCESSES = 32  # RLIMIT_NPROC of a box
+CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # soft CPU limit, or the hard one (soft + 1 s)
+EXIT_GRACE_S = 0.5  # a box whose case is over may take this long to exit by itself before it is killed
 
 
 @dataclass
@@ -41,7 +45,7 @@ class Case:
     source: str  # the program
     stdin: str = ""
     expected_stdout: Optional[str] = None  # compared line by line, trailing whitespace ignored
-    test: Optional[str] = None  # code run after `source` in the same namespace (e.g. asserts)
+    test: Optional[str] = None  # statements run against the program's names (e.g. asserts)
 
 
 @dataclass
@@ -59,115 +63,207 @@ class CaseResult:
 @dataclass
 class SandboxRun:
     cases: list[CaseResult]
-    network_isolated: bool
-    network_note: str  # how it was isolated, or why it could not be
+    isolated: bool
+    isolation: str  # how the code was isolated, or why it could not be
 
 
 def run_cases(cases: list[Case], limits: Optional[SandboxConfig] = None) -> SandboxRun:
     limits = limits or SandboxConfig()
-    job = {"cases": [{"source": c.source, "stdin": c.stdin, "test": c.test} for c in cases],
-           "cpu_seconds": limits.cpu_seconds, "memory_bytes": limits.memory_mb << 20,
-           "output_bytes": limits.output_bytes, "wall_seconds": limits.wall_seconds,
-           "nonce": os.urandom(16).hex()}
+    isolated, note = require_isolation(limits)
+    box_limits = box.Limits(max(1, int(limits.cpu_seconds + 0.999)), limits.memory_mb << 20,
+                            limits.output_bytes, MAX_PROCESSES, max(limits.output_bytes, 16 << 20))
+    deadline = time.monotonic() + limits.wall_seconds
+    results = []
     with tempfile.TemporaryDirectory(prefix="slipstream-sandbox-", ignore_cleanup_errors=True) as scratch:
-        report = _run_child(job, scratch, limits.wall_seconds + STARTUP_ALLOWANCE_S)
-        if report is None:
-            return SandboxRun([CaseResult("wall_timeout") for _ in cases], False, "sandbox child killed")
-        results = [_judge(i, case, raw, scratch, limits.output_bytes)
-                   for i, (case, raw) in enumerate(zip(cases, report["cases"]))]
-    if not report["network_isolated"]:
-        _warn_not_isolated(report["network_note"])
-    return SandboxRun(results, report["network_isolated"], report["network_note"])
+        for case in cases:
+            if time.monotonic() >= deadline:
+                results.append(CaseResult("not_run"))
+                continue
+            run = _run_test if case.test is not None else _run_io
+            results.append(run(case, box_limits, isolated, scratch, deadline))
+    return SandboxRun(results, isolated, note)
 
 
-def _run_child(job: dict, scratch: str, timeout_s: float) -> Optional[dict]:
-    env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "HOME": scratch, "TMPDIR": scratch}
-    proc = subprocess.Popen([sys.executable, "-I", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=scratch, env=env, start_new_session=True)
+def require_isolation(limits: SandboxConfig) -> tuple[bool, str]:
+    """(isolated, note); RewardError when bubblewrap cannot run and unisolated runs are not allowed."""
+    available, note = box.probe()
+    if available:
+        return True, note
+    if not limits.allow_unisolated:
+        raise RewardError(f"python_tests refuses to run generated code without isolation: {note}; or set "
+                          f"reward.sandbox.allow_unisolated=true to run it with resource limits only (NOT "
+                          f"isolated: it can read files, reach the network and local sockets)")
+    _warn_unisolated(note)
+    return False, note
+
+
+@functools.cache  # once per process and reason
+def _warn_unisolated(note: str) -> None:
+    log.warning("sandbox: generated code runs WITHOUT isolation (reward.sandbox.allow_unisolated=true): %s",
+                note)
+
+
+def _run_io(case: Case, limits: box.Limits, isolated: bool, scratch: str, deadline: float) -> CaseResult:
+    t0 = time.monotonic()
+    job_r, job_w = os.pipe()
     try:
-        out, err = proc.communicate(json.dumps(job).encode(), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_session(proc.pid)
-        proc.communicate()
-        return None
-    if proc.returncode != 0:  # the harness itself failed: a bug here, or the OS refused a fork
-        raise RuntimeError(f"sandbox child failed (status {proc.returncode}): {err.decode()[-2000:]}")
-    return json.loads(out)
-
-
-def _judge(i: int, case: Case, raw: dict, scratch: str, output_bytes: int) -> CaseResult:
-    if raw["state"] == "not_run":
-        return CaseResult("not_run")
-    stdout = _read(os.path.join(scratch, f"case{i}.out"), output_bytes)
-    stderr = _read(os.path.join(scratch, f"case{i}.err"), output_bytes)
-    tail, seconds = stderr[-500:], raw["seconds"]
-    if raw["state"] == "killed":
-        return CaseResult("wall_timeout", seconds, tail)
-    # SIGKILL that the child did not send: the hard CPU limit (soft + 1 s) of a process ignoring SIGXCPU.
-    if raw["signal"] in (signal.SIGXCPU, signal.SIGKILL):
-        return CaseResult("cpu_limit", seconds, tail)
-    if raw["signal"] == signal.SIGXFSZ:
-        return CaseResult("output_limit", seconds, tail)
-    if not raw["nonce_ok"]:
-        status = "memory_limit" if "MemoryError" in stderr else "error"
-        return CaseResult(status, seconds, tail)
-    if case.expected_stdout is not None and _lines(stdout) != _lines(case.expected_stdout):
+        b = _start("io", limits, isolated, scratch, {3: job_r})
+    except BaseException:
+        os.close(job_w)
+        raise
+    finally:
+        os.close(job_r)
+    _feed(open(job_w, "wb"), json.dumps({"source": case.source, "processes": limits.processes}).encode())
+    _feed(b.proc.stdin, case.stdin.encode())
+    why = _collect([b], b, deadline, limits.output_bytes)
+    seconds, tail = time.monotonic() - t0, _tail(b.err)
+    if why is not None:
+        return CaseResult(why, seconds, tail)
+    if b.proc.returncode != 0:
+        return CaseResult(_failure([b]), seconds, tail)
+    if case.expected_stdout is not None and _lines(b.out.decode(errors="replace")) != _lines(case.expected_stdout):
         return CaseResult("wrong_answer", seconds, tail)
     return CaseResult("passed", seconds, tail)
 
 
-def _read(path: str, limit: int) -> str:
+def _run_test(case: Case, limits: box.Limits, isolated: bool, scratch: str, deadline: float) -> CaseResult:
+    t0 = time.monotonic()
+    req_r, req_w = os.pipe()  # test -> solution: requests
+    ans_r, ans_w = os.pipe()  # solution -> test: answers
+    sol_job_r, sol_job_w = os.pipe()
+    test_job_r, test_job_w = os.pipe()
+    solution = None
     try:
-        with open(path, "rb") as f:
-            return f.read(limit).decode(errors="replace")
-    except OSError:
-        return ""
+        solution = _start("solution", limits, isolated, scratch, {3: sol_job_r, 4: req_r, 5: ans_w})
+        test = _start("test", limits, isolated, scratch, {3: test_job_r, 4: req_w, 5: ans_r})
+    except BaseException:
+        if solution is not None:
+            _kill([solution])
+        for fd in (sol_job_w, test_job_w):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (req_r, req_w, ans_r, ans_w, sol_job_r, test_job_r):
+            os.close(fd)
+    _feed(open(sol_job_w, "wb"), json.dumps({"source": case.source, "processes": limits.processes}).encode())
+    _feed(open(test_job_w, "wb"), json.dumps({"test": case.test, "processes": limits.processes}).encode())
+    why = _collect([solution, test], test, deadline, limits.output_bytes)
+    seconds, tail = time.monotonic() - t0, (_tail(test.err) + "\n" + _tail(solution.err)).strip()
+    if why is not None:
+        return CaseResult(why, seconds, tail)
+    if test.proc.returncode == 0:  # the only way to pass: the test box ran every statement
+        return CaseResult("passed", seconds, tail)
+    return CaseResult(_failure([solution, test]), seconds, tail)
+
+
+@dataclass
+class _Box:
+    proc: subprocess.Popen
+    out: bytearray
+    err: bytearray
+    killed: bool = False  # by us (time, output, or the case was over): its exit status says nothing
+
+
+def _start(role: str, limits: box.Limits, isolated: bool, scratch: str, fds: dict[int, int]) -> _Box:
+    proc = box.start(role, limits, isolated, scratch, fds)
+    if role != "io":
+        proc.stdin.close()
+    return _Box(proc, bytearray(), bytearray())
+
+
+def _feed(target, data: bytes) -> None:
+    """Write in a thread: a box that does not read must not block us (the deadline still applies)."""
+    def write() -> None:
+        try:
+            with target:
+                target.write(data)
+        except OSError:  # the box exited or closed its end: nothing to deliver
+            pass
+    threading.Thread(target=write, daemon=True, name="sandbox-feed").start()
+
+
+def _collect(boxes: list[_Box], judged: _Box, deadline: float, output_bytes: int) -> Optional[str]:
+    """Read the boxes' stdout/stderr until `judged` has ended; None, or the status of a box killed by us.
+
+    A box whose pipes have closed is exiting: it is waited for (briefly) so that its own exit status, a CPU
+    limit say, is read rather than our kill's. When `judged` has ended, the others get the same grace (a
+    solution box exits when the test box's requests end), then whatever still runs is killed."""
+    sel = selectors.DefaultSelector()
+    for b in boxes:
+        sel.register(b.proc.stdout, selectors.EVENT_READ, (b, b.out))
+        sel.register(b.proc.stderr, selectors.EVENT_READ, (b, b.err))
+    why, open_pipes = None, {id(b): 2 for b in boxes}
+    try:
+        while open_pipes[id(judged)] and why is None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                why = "wall_timeout"
+                break
+            for key, _ in sel.select(timeout):
+                owner, buf = key.data
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    open_pipes[id(owner)] -= 1
+                elif len(buf) + len(data) > output_bytes:
+                    why = "output_limit"
+                else:
+                    buf.extend(data)
+        if why is None:
+            for b in [judged] + [b for b in boxes if b is not judged]:
+                _wait(b, min(deadline, time.monotonic() + EXIT_GRACE_S))
+    finally:
+        sel.close()
+        _kill(boxes)
+        for b in boxes:
+            b.proc.stdout.close()
+            b.proc.stderr.close()
+    return why
+
+
+def _wait(b: _Box, until: float) -> None:
+    try:
+        b.proc.wait(timeout=max(0.0, until - time.monotonic()))
+    except subprocess.TimeoutExpired:  # still running: the kill follows
+        pass
+
+
+def _kill(boxes: list[_Box]) -> None:
+    """SIGKILL the outer bwrap: its PID 1 dies with it, and with PID 1 every process of the box."""
+    for b in boxes:
+        if b.proc.poll() is None:
+            b.killed = True
+            try:
+                os.killpg(b.proc.pid, signal.SIGKILL)  # unisolated: the rest of its session, too
+            except (ProcessLookupError, PermissionError):
+                b.proc.kill()
+            b.proc.wait()
+
+
+def _failure(boxes: list[_Box]) -> str:
+    for b in boxes:
+        if b.err.startswith(b"bwrap: "):  # the box itself did not start: ours to fix, not the code's failure
+            raise RewardError(f"the sandbox could not start a box: {b.err[:500].decode(errors='replace')}")
+    for b in boxes:
+        code = b.proc.returncode
+        sig = -code if code < 0 else code - 128 if code > 128 else 0
+        if not b.killed and sig in CPU_SIGNALS:
+            return "cpu_limit"
+    if any(b"MemoryError" in b.err for b in boxes):
+        return "memory_limit"
+    return "error"
+
+
+def _tail(err: bytearray) -> str:
+    return err[-500:].decode(errors="replace")
 
 
 def _lines(text: str) -> list[str]:
     return [line.rstrip() for line in text.strip().splitlines()]
 
 
-def _kill_session(sid: int) -> None:
-    """Kill every process of the sandbox's session, the cases' own process groups included."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid:  # fields after the command name: state, ppid, pgrp, session
-                os.kill(int(entry), signal.SIGKILL)
-        except (OSError, IndexError, ValueError):
-            continue
-
-
-@functools.cache  # once per process and reason: it applies to every later run as well
-def _warn_not_isolated(note: str) -> None:
-    log.warning("sandbox: generated code runs WITHOUT network isolation: the OS refused a new network "
-                "namespace (%s). Allow unprivileged user namespaces or run as root to isolate it; set "
-                "reward.sandbox.require_network_isolation=true to refuse instead", note)
-
-
-def probe_network_isolation() -> tuple[bool, str]:
-    """Whether the sandbox can isolate the network here: (isolated, how or why not). Starts one process."""
-    with tempfile.TemporaryDirectory(prefix="slipstream-sandbox-") as scratch:
-        job = {"cases": [], "cpu_seconds": 1, "memory_bytes": 1 << 30, "output_bytes": 1 << 10,
-               "wall_seconds": 1, "nonce": "probe"}
-        report = _run_child(job, scratch, 30.0)
-    if report is None:
-        return False, "probe timed out"
-    return report["network_isolated"], report["network_note"]
-
-
 def check_isolation(limits: SandboxConfig) -> None:
-    """At start-up: warn now rather than at the first completion, or refuse if isolation is required."""
-    isolated, note = probe_network_isolation()
+    """At start-up: refuse now (RewardError) rather than at the first completion; log how it isolates."""
+    isolated, note = require_isolation(limits)
     if isolated:
-        log.info("sandbox: network isolated with %s", note)
-        return
-    if limits.require_network_isolation:
-        raise RewardError(f"reward.sandbox.require_network_isolation is true but this machine cannot isolate "
-                          f"the network ({note}); allow unprivileged user namespaces, run as root, or set it "
-                          f"to false")
-    _warn_not_isolated(note)
+        log.info("sandbox: generated code runs in %s", note)

@@ -6,6 +6,14 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 py=${SLIPSTREAM_PYTHON:-python3}
+# bubblewrap: the box of the python_tests reward (rewards/box.py). Where apt is not available or we may not
+# use it, python_tests refuses to start and says how to install it (or set reward.sandbox.allow_unisolated).
+if ! command -v bwrap >/dev/null && command -v apt-get >/dev/null; then
+  sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo -n)
+  { "${sudo[@]}" apt-get install -y -q bubblewrap >/dev/null 2>&1 ||
+    { "${sudo[@]}" apt-get update -q >/dev/null 2>&1 && "${sudo[@]}" apt-get install -y -q bubblewrap >/dev/null 2>&1; }; } ||
+    echo "slipstream: could not install bubblewrap with apt-get; python_tests will refuse to run code" >&2
+fi
 stamp=.venv/.slipstream-installed
 want=$(cat pyproject.toml requirements/*.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi

@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from rewards.sandbox import probe_network_isolation
+    from rewards.box import probe as probe_isolation
 
     load_before = os.getloadavg()  # the machine may be shared: record how busy it was
     results = []
@@ -181,7 +181,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "platform": platform.platform(),
                     "python": platform.python_version(),
-                    "sandbox_network_isolation": probe_network_isolation()[1],
+                    "sandbox_isolation": probe_isolation()[1],
                     "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
         "group_size": GROUP_SIZE, "repeats": args.repeats, "builtins": results, "wrapper_overhead": overhead,
     }

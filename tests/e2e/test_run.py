@@ -156,3 +156,23 @@ def test_ctrl_c_stops_ray_engines_and_redis(tmp_path, tiny_model_path):
         time.sleep(1)
     left = [psutil.Process(p).cmdline() for p in _services() - before if psutil.pid_exists(p)]
     assert not left, left
+
+
+def test_a_run_finishes_past_poison_entries_in_the_buffer(tmp_path, tiny_model_path, redis_server, key_prefix):
+    """Entries that do not decode (garbage, a truncated group, another schema version) wait in the run's stream
+    before it starts: the trainer never sees them, they are counted, and the run finishes."""
+    import msgpack
+    import redis
+
+    from buffer.api import SCHEMA_VERSION
+
+    client = redis.Redis.from_url(redis_server.url)
+    newer = msgpack.packb({"v": SCHEMA_VERSION + 1, "samples": []})
+    for payload in (b"\xc1garbage", newer[:-1], newer):
+        client.xadd(f"{key_prefix}:groups", {"g": payload, "v": 0})
+    client.close()
+    summary, steps = run_job(tmp_path, tiny_model_path, "run.total_steps=3", "run.eval_every=3",
+                             f"buffer.redis_url={redis_server.url}", f"buffer.key_prefix={key_prefix}")
+    assert summary["steps"] == 3
+    assert summary["groups"]["quarantined"] == 3
+    assert steps[-1]["quarantined_total"] == 3

@@ -1,11 +1,11 @@
 """Code execution against test cases in the real sandbox: limits, clean environment, scratch directory,
-network isolation, and the fallback (with its warning) where the OS refuses a network namespace."""
+and the refusal (or, when allowed, the unisolated run with its warning) where bubblewrap cannot run.
+The attacks are in test_sandbox_escapes.py."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +15,8 @@ import pytest
 
 from rewards import RewardConfig, RewardSpec, SandboxConfig, build_scorer
 from rewards.code_tests import extract_code, python_tests
-from rewards.sandbox import Case, probe_network_isolation, run_cases
+from rewards.box import probe
+from rewards.sandbox import Case, run_cases
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +55,39 @@ def test_python_tests_accepts_apps_json_and_a_single_test_string():
     apps = json.dumps({"inputs": ["3\n"], "outputs": ["6\n"]})
     assert python_tests("q", ECHO_DOUBLE, test_cases=apps, sandbox=FAST).score == 1.0
     assert python_tests("q", ADD_OK, tests="assert add(2, 2) == 4", sandbox=FAST).score == 1.0
+
+
+def test_assert_cases_see_the_solution_through_plain_values():
+    """What MBPP/HumanEval-style tests do: the solution's modules, classes, methods, exceptions, containers."""
+    code = textwrap.dedent('''
+        import math
+        from collections import namedtuple
+        Point = namedtuple("Point", "x y")
+        class Solution:
+            def two_sum(self, nums, target):
+                seen = {}
+                for i, n in enumerate(nums):
+                    if target - n in seen:
+                        return [seen[target - n], i]
+                    seen[n] = i
+        def area(r):
+            if r < 0:
+                raise ValueError("negative radius")
+            return math.pi * r * r
+        def stats(xs):
+            return {"min": min(xs), "pair": (xs[0], xs[-1]), "set": set(xs), "raw": bytes(xs), "nan": float("nan")}
+        def gen(n):
+            yield from range(n)
+        def origin():
+            return Point(0, 0)
+    ''')
+    tests = ["assert math.isclose(area(2), 12.566, rel_tol=1e-3)", "assert Solution().two_sum([2, 7, 11], 9) == [0, 1]",
+             "try:\n    area(-1)\n    assert False\nexcept ValueError as e:\n    assert 'negative' in str(e)",
+             "s = stats([3, 1, 2])\nassert s['min'] == 1 and s['pair'] == (3, 2) and s['set'] == {1, 2, 3}\n"
+             "assert s['raw'] == bytes([3, 1, 2]) and s['nan'] != s['nan']",
+             "assert list(gen(3)) == [0, 1, 2] and len(list(gen(4))) == 4", "assert origin() == (0, 0)"]
+    result = python_tests("q", code, tests=tests, sandbox=FAST)
+    assert result.info["statuses"] == {"passed": len(tests)}, result.info
 
 
 def test_python_tests_without_tests_raises():
@@ -110,15 +144,21 @@ def test_a_stdin_stdout_program_may_exit_zero():
     assert statuses(run) == ["passed", "error"]
 
 
-def test_background_processes_are_killed_with_their_case(tmp_path):
-    marker = tmp_path / "still_running"
-    sleeper = tmp_path / "sleeper.py"
-    sleeper.write_text(f"import time\ntime.sleep(1.5)\nopen({str(marker)!r}, 'w').close()\n")
-    code = f"import subprocess, sys\nsubprocess.Popen([sys.executable, {str(sleeper)!r}])\nprint('started')"
+def test_background_processes_are_killed_with_their_case():
+    marker = f"background-{os.getpid()}-{time.monotonic_ns()}"
+    code = f"import subprocess\nsubprocess.Popen(['/bin/sleep', '30', {marker!r}])\nprint('started')"
     run = run_cases([Case(code, expected_stdout="started")], FAST)
     assert statuses(run) == ["passed"]
-    time.sleep(2.5)
-    assert not marker.exists()  # the background child was killed with the case's process group
+    time.sleep(0.5)
+    assert [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, marker)] == []
+
+
+def _cmdline_has(pid: str, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return marker.encode() in f.read()
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------- environment and scratch directory
@@ -134,7 +174,7 @@ def test_no_inherited_secrets_in_the_environment(monkeypatch):
 
 def test_code_runs_in_a_fresh_scratch_directory_that_is_removed():
     code = ("import os\nassert os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR']\n"
-            "assert sorted(f for f in os.listdir('.') if not f.startswith('case')) == []\n"
+            "assert os.listdir('.') == []\n"
             "open('left_behind.txt', 'w').write('x')\nprint(os.getcwd())")
     run = run_cases([Case(code)], FAST)
     assert statuses(run) == ["passed"]
@@ -143,46 +183,31 @@ def test_code_runs_in_a_fresh_scratch_directory_that_is_removed():
     assert statuses(again) == ["passed"]
 
 
-# ---------------------------------------------------------------- network
+# ---------------------------------------------------------------- without bubblewrap
 
-
-def test_network_isolation_matches_what_the_probe_detects():
-    isolated, note = probe_network_isolation()
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    try:
-        code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).close()\nprint('connected')"
-        run = run_cases([Case(code, expected_stdout="connected")], FAST)
-    finally:
-        server.close()
-    assert run.network_isolated == isolated and run.network_note == note
-    if isolated:  # in a fresh network namespace even loopback is down
-        assert statuses(run) == ["error"] and "Network is unreachable" in run.cases[0].stderr_tail
-    else:
-        assert statuses(run) == ["passed"]
-
-
-FALLBACK_SCRIPT = textwrap.dedent('''
+UNISOLATED_SCRIPT = textwrap.dedent('''
     import json, logging, sys
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
     from rewards import RewardConfig, RewardError, RewardSpec, SandboxConfig, build_scorer
-    from rewards.sandbox import Case, probe_network_isolation, run_cases
-    probe = probe_network_isolation()
-    run = run_cases([Case("print(6 * 7)", expected_stdout="42")])
+    from rewards.box import probe
+    from rewards.sandbox import Case, run_cases
     try:
-        build_scorer(RewardConfig(rewards=[RewardSpec("python_tests", timeout_s=20.0)],
-                                  sandbox=SandboxConfig(require_network_isolation=True)))
+        build_scorer(RewardConfig(rewards=[RewardSpec("python_tests", timeout_s=20.0)]))
         refused = ""
     except RewardError as e:
         refused = str(e)
-    print(json.dumps({"probe": probe, "isolated": run.network_isolated, "note": run.network_note,
-                      "status": run.cases[0].status, "refused": refused}))
+    allowed = SandboxConfig(allow_unisolated=True)
+    build_scorer(RewardConfig(rewards=[RewardSpec("python_tests", timeout_s=20.0)], sandbox=allowed)).close()
+    run = run_cases([Case("print(6 * 7)", expected_stdout="42"),
+                     Case("def add(a, b):\\n    return a + b", test="assert add(1, 2) == 3")], allowed)
+    print(json.dumps({"probe": probe(), "isolated": run.isolated, "refused": refused,
+                      "statuses": [c.status for c in run.cases]}))
 ''')
 
 
-def test_fallback_when_the_os_refuses_a_network_namespace():
-    """Run the sandbox inside a user namespace whose namespace limits are 0: the kernel itself refuses
-    unshare(CLONE_NEWNET) there (ENOSPC), as on a host that forbids it. Nothing is faked."""
+def test_without_bubblewrap_python_tests_refuses_unless_allowed():
+    """Inside a user namespace whose namespace limits are 0 the kernel refuses bwrap its namespaces, as on
+    a host without unprivileged user namespaces. Nothing is faked."""
     if shutil.which("unshare") is None:
         pytest.skip("util-linux `unshare` is not installed")
     limits = "echo 0 > /proc/sys/user/max_net_namespaces && echo 0 > /proc/sys/user/max_user_namespaces"
@@ -190,21 +215,19 @@ def test_fallback_when_the_os_refuses_a_network_namespace():
     if trial.returncode != 0:
         pytest.skip(f"cannot build a restricted user namespace here: {trial.stderr.strip()}")
     proc = subprocess.run(["unshare", "-Ur", "sh", "-c", f'{limits} && exec "$0" -c "$1"', sys.executable,
-                           FALLBACK_SCRIPT], capture_output=True, text=True, cwd=ROOT, timeout=120)
+                           UNISOLATED_SCRIPT], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["probe"][0] is False and "No space left on device" in result["probe"][1]
-    assert result["isolated"] is False and "unshare(CLONE_NEWNET)" in result["note"]
-    assert result["status"] == "passed"  # the code still ran
-    assert "WARNING slipstream.rewards sandbox: generated code runs WITHOUT network isolation" in proc.stderr
-    assert proc.stderr.count("WITHOUT network isolation") == 1  # once per process, not per run
-    assert "require_network_isolation is true but this machine cannot isolate the network" in result["refused"]
+    assert result["probe"][0] is False and "bwrap cannot create its namespaces here" in result["probe"][1]
+    refused = result["refused"]
+    assert "python_tests refuses to run generated code without isolation" in refused
+    assert "apt-get install -y bubblewrap" in refused and "reward.sandbox.allow_unisolated=true" in refused
+    assert result["isolated"] is False and result["statuses"] == ["passed", "passed"]  # allowed: it ran
+    assert proc.stderr.count("WARNING slipstream.rewards sandbox: generated code runs WITHOUT isolation") == 1
 
 
-def test_require_network_isolation_passes_where_it_is_available():
-    isolated, _ = probe_network_isolation()
-    cfg = RewardConfig(rewards=[RewardSpec("python_tests", timeout_s=20.0)],
-                       sandbox=SandboxConfig(require_network_isolation=True))
-    if not isolated:
-        pytest.skip("this machine cannot isolate the network (covered by the fallback test)")
-    build_scorer(cfg).close()
+def test_python_tests_starts_where_the_box_is_available():
+    available, note = probe()
+    if not available:
+        pytest.skip(f"no bubblewrap box here: {note}")
+    build_scorer(RewardConfig(rewards=[RewardSpec("python_tests", timeout_s=20.0)])).close()

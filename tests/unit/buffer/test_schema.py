@@ -1,6 +1,8 @@
 """The sample/group wire schema: msgpack round trip, invariants, min_version."""
 from __future__ import annotations
 
+import re
+
 import msgpack
 import numpy as np
 import pytest
@@ -141,3 +143,45 @@ def test_decode_accepts_a_payload_built_by_hand_with_msgpack():
     assert g.fields == {"answer": "2"}
     assert g.min_version == 9
     np.testing.assert_array_equal(g.samples[0].response_ids, np.array([3], dtype=np.int32))
+
+
+# ---------------------------------------------------------------- entries that are not valid groups
+
+
+def _raw(**changes) -> dict:
+    d = msgpack.unpackb(encode_group(_group()), raw=False)
+    for path, value in changes.items():
+        target, *keys = path.split("__")
+        node = d if target == "group" else d["samples"][0]
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return d
+
+
+@pytest.mark.parametrize("payload, problem", [
+    (b"\xc1 not msgpack", "not a msgpack group"),
+    (encode_group(_group())[:-7], "not a msgpack group"),  # truncated
+    (msgpack.packb([1, 2]), "not a group but a list"),
+    (msgpack.packb(_raw(group__v=SCHEMA_VERSION + 1)), f"schema version {SCHEMA_VERSION + 1} != {SCHEMA_VERSION}"),
+    (msgpack.packb(_raw(group__samples=[])), "group without samples"),
+    (msgpack.packb(_raw(group__prompt_id=7)), "group: prompt_id is int, not str"),
+    (msgpack.packb(_raw(sample__prompt_ids__d="<f8")), "sample 0 prompt_ids: dtype float64 != int32"),
+    (msgpack.packb(_raw(sample__response_ids__d="|O")), "dtype object != int32"),
+    (msgpack.packb(_raw(sample__response_ids__d="no such dtype")), "is not a dtype"),
+    (msgpack.packb(_raw(sample__token_versions__s=[1, 2])), "shape [1, 2] is not one length"),
+    (msgpack.packb(_raw(sample__behaviour_logprobs__b=b"\0" * 5)), "5 bytes for 2 values of float32"),
+    (msgpack.packb(_raw(sample__behaviour_logprobs__s=[1], sample__behaviour_logprobs__b=b"\0" * 4)),
+     "2 response tokens but 1 log-probs"),
+    (msgpack.packb(_raw(sample__reward=float("nan"))), "reward nan is not finite"),
+    (msgpack.packb(_raw(sample__reward="1")), "reward is str, not int or float"),
+    (msgpack.packb(_raw(sample__behaviour_logprobs__b=np.array([np.nan, 0], "<f4").tobytes())),
+     "not finite or a negative policy version"),
+])
+def test_an_entry_that_is_not_a_valid_group_raises_corrupt_group_naming_the_problem(payload, problem):
+    from buffer.schema import CorruptGroup, problem_of
+
+    with pytest.raises(CorruptGroup, match=re.escape(problem)):
+        decode_group(payload)
+    assert problem in problem_of(payload)
+    assert problem_of(encode_group(_group())) is None
