@@ -12,7 +12,7 @@ import sys
 import uuid
 
 from buffer.api import EmbeddedRedis, connect
-from launcher import checkpoints, placement
+from launcher import checkpoints, nodes, placement
 from launcher.config import SlipstreamConfig, check_data, validate
 from launcher.loop import TrainingLoop
 
@@ -33,6 +33,8 @@ def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM unwinds like Ctrl-C
     with contextlib.ExitStack() as cleanup:
         _start_ray(cfg, cleanup)
+        if cfg.run.ray_address:  # every node runs this driver's code and packages
+            nodes.check_nodes(cfg.run.placement_timeout_s)
         placement.check_fits(cfg)  # more than the cluster has: an error now, not a wait for ever
         server = None if cfg.buffer.redis_url else _start_embedded_redis(
             cleanup, os.path.join(run_dir, "redis"), _redis_host(cfg))
@@ -47,8 +49,9 @@ def run(cfg: SlipstreamConfig, run_dir: str) -> dict:
         trainer_pg = placement.placement_group(cfg, [placement.rank_bundle(cfg)] * cfg.trainer.num_ranks, "PACK",
                                                "trainer ranks")
         cleanup.callback(placement.remove, trainer_pg)
-        workers = _start_workers(cfg, redis_url, prefix, cleanup, os.path.join(ckpt, "hf") if ckpt else None,
-                                 state["version"] if state else 0)
+        workers, worker_pgs = _start_workers(cfg, redis_url, prefix, cleanup, os.path.join(ckpt, "hf") if ckpt
+                                             else None, state["version"] if state else 0)
+        placement.write_record(run_dir, worker_pgs, trainer_pg)
         weight_dir = os.path.join(os.path.abspath(run_dir), "weights")
 
         def start_trainers(checkpoint: str | None) -> list:
@@ -107,8 +110,9 @@ def _start_ray(cfg: SlipstreamConfig, cleanup: contextlib.ExitStack) -> None:
 
 
 def _start_workers(cfg: SlipstreamConfig, redis_url: str, prefix: str, cleanup: contextlib.ExitStack,
-                   model_path: str | None = None, weights_version: int = 0) -> list:
-    """model_path: the weights to start from (a resumed run's checkpoint, of `weights_version`), else model.path."""
+                   model_path: str | None = None, weights_version: int = 0) -> tuple[list, list]:
+    """The workers and their placement groups; model_path: the weights to start from (a resumed run's checkpoint,
+    of `weights_version`), else model.path."""
     import ray
 
     from rollout.api import RolloutActor
@@ -128,7 +132,7 @@ def _start_workers(cfg: SlipstreamConfig, redis_url: str, prefix: str, cleanup: 
         i, os.path.abspath(model_path or cfg.model.path), cfg.rollout, cfg.data, cfg.task, cfg.buffer, cfg.reward,
         redis_url, prefix, cfg.run.seed, weights_version) for i in range(cfg.rollout.num_workers)]
     cleanup.callback(_stop_workers, workers)
-    return workers
+    return workers, groups
 
 
 def _stop_workers(workers: list) -> None:

@@ -142,6 +142,24 @@ def remove(pg) -> None:
         ray.util.remove_placement_group(pg)
 
 
+def nodes_of(pg) -> list[str]:
+    """The node id that holds each bundle of a ready group, in bundle order."""
+    import ray
+
+    table = ray.util.placement_group_table(pg)["bundles_to_node_id"]
+    return [table[i] for i in sorted(table)]
+
+
+def write_record(run_dir: str, worker_groups: list, trainer_group) -> None:
+    """<run dir>/placement.json: the node of every rollout worker and trainer rank (what ran where)."""
+    import json
+    import os
+
+    record = {"rollout_workers": [nodes_of(pg)[0] for pg in worker_groups], "trainer_ranks": nodes_of(trainer_group)}
+    with open(os.path.join(run_dir, "placement.json"), "w") as f:
+        json.dump(record, f, indent=1)
+
+
 def in_bundle(pg, index: int):
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

@@ -70,3 +70,18 @@ def test_the_config_record_of_metrics_and_checkpoints_hides_the_redis_password()
     assert record["buffer"]["redis_url"] == "redis://***@cache:6379/0"
     assert "s3cret" not in repr(record)
     assert cfg.buffer.redis_url == "redis://:s3cret@cache:6379/0"  # the run itself still connects with it
+
+
+def test_a_node_with_other_code_or_packages_is_named_with_what_differs():
+    from launcher.nodes import differences, fingerprint, mismatch_message
+
+    own = fingerprint()
+    assert set(own) >= {"slipstream", "ray", "torch", "source"} and own == fingerprint()  # stable
+    node = {**own, "ray": "2.9.0", "source": "0" * 16}
+    node.pop("slipstream")
+    diffs = differences(own, node)
+    assert diffs == [f"slipstream missing (driver: {own['slipstream']})", f"ray 2.9.0 (driver: {own['ray']})",
+                     f"source {'0' * 16} (driver: {own['source']})"]
+    text = mismatch_message("10.0.0.7", diffs)
+    assert text.startswith("node 10.0.0.7 runs other code than the driver: slipstream missing")
+    assert "scripts/cluster/submit.sh" in text
