@@ -120,7 +120,8 @@ def to_typed(raw) -> SlipstreamConfig:
                 continue
             if k not in ref:
                 yield f"{path}{k}"
-            elif OmegaConf.is_dict(node[k]) and OmegaConf.is_dict(ref[k]):
+            # a free-form dict[str, ...] field (rollout.resources, data.task_kwargs) has no keys to check
+            elif OmegaConf.is_dict(node[k]) and OmegaConf.is_dict(ref[k]) and OmegaConf.get_type(ref[k]) is not dict:
                 yield from unknown(node[k], ref[k], f"{path}{k}.")
 
     bad = list(unknown(raw, schema, ""))

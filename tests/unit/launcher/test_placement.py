@@ -85,3 +85,22 @@ def test_a_node_with_other_code_or_packages_is_named_with_what_differs():
     text = mismatch_message("10.0.0.7", diffs)
     assert text.startswith("node 10.0.0.7 runs other code than the driver: slipstream missing")
     assert "scripts/cluster/submit.sh" in text
+
+
+def test_custom_resources_are_set_from_the_command_line_and_other_keys_stay_checked():
+    """A free-form dict (rollout.resources, data.task_kwargs) takes any key; the typed sections still refuse typos."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+
+    from launcher.config import register_configs, to_typed
+
+    register_configs()
+    configs = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs")
+    with initialize_config_dir(config_dir=os.path.abspath(configs), version_base=None):
+        cfg = to_typed(compose(config_name="config", overrides=[
+            "+rollout.resources.rollout_node=1", "+trainer.resources.trainer_node=2", "+data.task_kwargs.min_value=3"]))
+        assert cfg.rollout.resources == {"rollout_node": 1.0} and cfg.trainer.resources == {"trainer_node": 2.0}
+        assert cfg.data.task_kwargs == {"min_value": 3}
+        with pytest.raises(ConfigError, match="unknown config key.*rollout.gvm.n_mni"):
+            to_typed(compose(config_name="config", overrides=["+rollout.gvm.n_mni=1"]))
