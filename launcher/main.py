@@ -125,10 +125,10 @@ def _start_workers(cfg: SlipstreamConfig, redis_url: str, prefix: str, cleanup: 
         cleanup.callback(placement.remove, groups[-1])
     # a worker that dies is restarted by Ray in its bundle (its leased slots expire; the driver sends it the
     # current weights)
-    actor = ray.remote(RolloutActor).options(num_cpus=cfg.rollout.cpus_per_worker,
-                                              num_gpus=cfg.rollout.gpus_per_worker, resources=cfg.rollout.resources,
-                                              max_concurrency=4, max_restarts=cfg.rollout.max_restarts)
-    workers = [actor.options(scheduling_strategy=placement.in_bundle(groups[i], 0)).remote(
+    actor, r = ray.remote(RolloutActor), cfg.rollout
+    options = dict(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, resources=r.resources, max_concurrency=4,
+                   max_restarts=r.max_restarts)
+    workers = [actor.options(**options, scheduling_strategy=placement.in_bundle(groups[i], 0)).remote(
         i, os.path.abspath(model_path or cfg.model.path), cfg.rollout, cfg.data, cfg.task, cfg.buffer, cfg.reward,
         redis_url, prefix, cfg.run.seed, weights_version) for i in range(cfg.rollout.num_workers)]
     cleanup.callback(_stop_workers, workers)
@@ -153,9 +153,10 @@ def _start_trainers(cfg: SlipstreamConfig, cleanup: contextlib.ExitStack, pg) ->
     from trainer.api import TrainerRank
 
     t = cfg.trainer
-    actor = ray.remote(TrainerRank).options(num_cpus=t.cpus_per_rank, num_gpus=t.gpus_per_rank, resources=t.resources)
+    actor = ray.remote(TrainerRank)
+    options = dict(num_cpus=t.cpus_per_rank, num_gpus=t.gpus_per_rank, resources=t.resources)
     master_addr, master_port = placement.rank0_address(pg, cfg.run.call_timeout_s)
-    ranks = [actor.options(scheduling_strategy=placement.in_bundle(pg, r)).remote(
+    ranks = [actor.options(**options, scheduling_strategy=placement.in_bundle(pg, r)).remote(
         r, t.num_ranks, master_addr, master_port, os.path.abspath(cfg.model.path), t, cfg.run.seed,
         cfg.rollout.temperature) for r in range(t.num_ranks)]
     cleanup.callback(_kill_all, ranks)
