@@ -5,7 +5,8 @@
   version / bump_version), `PoppedBatch`, and `PromptStatsStore`, the per-prompt statistics beside it;
 - `connect`: a Buffer for a URL: `redis://...` (RedisBuffer: any number of processes on any number of nodes) or
   `memory://<name>` (MemoryBuffer: one process, e.g. unit tests of the worker loop; same semantics);
-- `EmbeddedRedis`: a Valkey server for a run that configured none.
+- `EmbeddedRedis`: a Valkey server for a run that configured none (always behind a generated password);
+- `redact` / `redact_text`: a Redis URL (or every one in a text) without its password, for logs, errors, metrics.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from buffer.errors import BufferUnavailable
 from buffer.prompt_stats import PromptStat
 from buffer.schema import SCHEMA_VERSION, CorruptGroup, Group, Sample, decode_group, encode_group
 from buffer.server import EmbeddedRedis, free_port
+from buffer.urls import redact, redact_text
 
 # Counters that generators add through push(counters=...) and that stats() reports.
 METRIC_COUNTERS = ("filtered_zero_variance", "skipped_easy_prompts", "too_long_prompts", "reward_errors")
@@ -139,4 +141,4 @@ def connect(url: str, prefix: str, cfg: BufferConfig) -> Buffer:
 __all__ = ["METRIC_COUNTERS", "SCHEMA_VERSION", "BoundMismatch", "Buffer", "BufferConfig", "BufferUnavailable",
            "CorruptGroup",
            "EmbeddedRedis", "Group", "PoppedBatch", "PromptStat", "PromptStatsStore", "Sample", "check_bound",
-           "connect", "decode_group", "encode_group", "free_port", "problems", "staleness_bound"]
+           "connect", "decode_group", "encode_group", "free_port", "problems", "redact", "redact_text", "staleness_bound"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 
 import redis
@@ -33,6 +34,7 @@ from buffer.api import METRIC_COUNTERS, BufferUnavailable, PoppedBatch, check_bo
 from buffer.prompt_stats import PromptStats
 from buffer.redis_client import make_client, redis_errors
 from buffer.schema import Group, encode_group, problem_of
+from buffer.urls import redact, redact_text
 from buffer.staleness import is_usable, staleness
 
 # Reservations of a holder (a rollout worker's incarnation) whose lease key expired go back: a worker that died
@@ -105,6 +107,11 @@ CONSUMER_GROUP = "trainers"
 QUARANTINE_KEEP = 1000  # entries kept in <prefix>:quarantine for inspection (approximately: MAXLEN ~)
 
 
+def _node() -> str:
+    """This process's host, for an error that says from where a server was unreachable (a cluster's node)."""
+    return socket.gethostname()
+
+
 class RedisBuffer:
     def __init__(self, url: str, *, prefix: str, eta: int, groups_per_step: int, max_in_flight: int,
                  max_buffered: int, claim_idle_s: float = 300.0, redis_timeout_s: float = 30.0,
@@ -118,8 +125,9 @@ class RedisBuffer:
             self.client.ping()
         except redis.RedisError as e:
             raise BufferUnavailable(
-                f"cannot reach Redis at {url} ({e}). Start the server, fix buffer.redis_url, or leave "
-                f"buffer.redis_url empty to let Slipstream start an embedded server"
+                f"host {_node()} cannot reach Redis at {redact(url)} ({redact_text(str(e))}). Start the server, check "
+                f"that it listens on an address this host routes to and that no firewall blocks its port, fix "
+                f"buffer.redis_url, or leave it empty to let Slipstream start an embedded server"
             ) from e
         self._admit = self.client.register_script(_ADMIT_LUA)
         self._commit = self.client.register_script(_COMMIT_LUA)

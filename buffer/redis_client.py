@@ -2,8 +2,9 @@
 
 Every call has a socket timeout (`buffer.redis_timeout_s`); a connection error or timeout is retried with
 exponential backoff (a server restarting from its AOF, a network blip), then surfaces as BufferUnavailable naming
-the URL, the operation and the fix, whatever redis-py raised (ConnectionError, TimeoutError, BusyLoadingError...).
-A ResponseError is an answer, not an outage: it passes through for the caller to read.
+the URL (redacted: buffer/urls.py), the operation and the fix, whatever redis-py raised (ConnectionError,
+TimeoutError, BusyLoadingError...). A ResponseError is an answer, not an outage: it passes through for the caller to
+read.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from buffer.errors import BufferUnavailable
+from buffer.urls import redact, redact_text
 
 # with backoff 0.05, 0.1, ... 1.6 s (capped at 2 s): about 3 s of waiting before giving up, long enough for the
 # driver's watchdog to restart an embedded server that died (buffer/server.py)
@@ -29,7 +31,8 @@ def make_client(url: str, timeout_s: float) -> redis.Redis:
 
 
 def unavailable(url: str, what: str, error: Exception) -> BufferUnavailable:
-    return BufferUnavailable(f"Redis at {url} did not answer {what} ({type(error).__name__}: {error}) after "
+    return BufferUnavailable(f"Redis at {redact(url)} did not answer {what} ({type(error).__name__}: "
+                             f"{redact_text(str(error))}) after "
                              f"{RETRIES} retries: check that the server runs and is reachable (buffer.redis_url), or "
                              f"raise buffer.redis_timeout_s for a slow one")
 

@@ -38,8 +38,30 @@ def main() -> None:
             run(cfg, HydraConfig.get().runtime.output_dir)
         except (ConfigError, BufferUnavailable) as e:  # the message names the problem and the fix
             sys.exit(f"slipstream: {e}")
+        except Exception as e:
+            reason = start_failure(e)
+            if reason is None:
+                raise
+            sys.exit(f"slipstream: {reason}")
 
     run_job()
+
+
+def start_failure(error: BaseException) -> str | None:
+    """A part (rollout worker, trainer rank) whose constructor raised, as one line: which part and its own error
+    (e.g. a worker's node cannot reach the buffer, a rank cannot reach rank 0), instead of Ray's traceback."""
+    if "ray" not in sys.modules:
+        return None
+    from ray.exceptions import RayActorError
+
+    from buffer.api import redact_text
+
+    if not isinstance(error, RayActorError) or not error.actor_init_failed:
+        return None
+    text = str(error)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    where = text.split("ray::", 1)[1].split("(", 1)[0] if "ray::" in text else "a part of the run"
+    return redact_text(f"{where} failed to start: {lines[-1].strip()}")
 
 
 if __name__ == "__main__":

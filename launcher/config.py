@@ -5,6 +5,7 @@ before anything heavy starts, and names the fix in its message.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -46,6 +47,9 @@ class RunConfig:
     batch_timeout_s: float = 600.0  # give up if no batch arrives for this long (generators stuck or dead)
     call_timeout_s: float = 1800.0  # any one call to the trainer ranks or a worker (a phase, a sync, an evaluation)
     ray_address: Optional[str] = None  # None: start a local Ray instance; "auto" or host:port: join a cluster
+    # the parts' placement groups must be placed within this long, else the run fails naming the resources it
+    # wanted and found (launcher/placement.py)
+    placement_timeout_s: float = 120.0
     tensorboard: bool = True  # TensorBoard events under <run dir>/tensorboard (metrics.jsonl is always written)
     checkpoint_every: int = 50  # a checkpoint every K steps (0: only at the end) under <run dir>/checkpoints
     keep_checkpoints: int = 2  # the newest K are kept
@@ -83,6 +87,16 @@ class SlipstreamConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def config_record(cfg: SlipstreamConfig) -> dict:
+    """The config as a dict for metrics (W&B) and checkpoints, with buffer.redis_url's password redacted."""
+    from buffer.api import redact
+
+    out = dataclasses.asdict(cfg)
+    if out["buffer"]["redis_url"]:
+        out["buffer"]["redis_url"] = redact(out["buffer"]["redis_url"])
+    return out
+
+
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -106,7 +120,8 @@ def to_typed(raw) -> SlipstreamConfig:
                 continue
             if k not in ref:
                 yield f"{path}{k}"
-            elif OmegaConf.is_dict(node[k]) and OmegaConf.is_dict(ref[k]):
+            # a free-form dict[str, ...] field (rollout.resources, data.task_kwargs) has no keys to check
+            elif OmegaConf.is_dict(node[k]) and OmegaConf.is_dict(ref[k]) and OmegaConf.get_type(ref[k]) is not dict:
                 yield from unknown(node[k], ref[k], f"{path}{k}.")
 
     bad = list(unknown(raw, schema, ""))
@@ -142,6 +157,8 @@ def check_data(cfg: SlipstreamConfig) -> list[eval_sets.EvalSet]:
 
 
 def _across_sections(cfg: SlipstreamConfig) -> list[str]:
+    from launcher import placement  # imports this module
+
     path, r, t = cfg.model.path, cfg.rollout, cfg.trainer
     checks = [
         (os.path.isfile(os.path.join(path, "config.json")),
@@ -162,4 +179,4 @@ def _across_sections(cfg: SlipstreamConfig) -> list[str]:
             (t.grad_norm_estimate != "none",
              "rollout.allocation=gvm needs gradient-norm estimates: set trainer.grad_norm_estimate=proxy or exact"),
         ]
-    return [msg for ok, msg in checks if not ok]
+    return [msg for ok, msg in checks if not ok] + placement.problems(cfg)

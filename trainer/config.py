@@ -51,6 +51,11 @@ class TrainerConfig:
     mini_batches_per_step: int = 1  # mini-batches (whole groups) per popped batch, one optimizer step each
     cpus_per_rank: float = 1.0  # Ray CPUs per rank; on CPU also torch's threads
     gpus_per_rank: float = 0.0  # Ray GPUs per rank (0: CPU with gloo; a fraction shares a GPU with an engine)
+    # custom Ray resources each rank's placement bundle asks for, e.g. {trainer_node: 1} (docs/cluster.md)
+    resources: dict[str, float] = field(default_factory=dict)
+    # a rank > 0 that cannot open rank 0's address and port within this long fails naming both (a firewall, a
+    # wrong interface: trainer/rendezvous.py)
+    rendezvous_timeout_s: float = 300.0
     dtype: str = "float32"  # float32 | bfloat16 (GPU)
     # how new weights reach the engines (trainer/weight_sync.py): store (Ray object store: CPU, tests, small
     # models) | disk (safetensors under weight_dir) | cuda_ipc (engines on the trainer rank's GPU) | nccl
@@ -88,6 +93,7 @@ def problems(cfg: TrainerConfig) -> list[str]:
         (cfg.lr > 0, "trainer.lr must be > 0"),
         (cfg.weight_bucket_mb >= 1, f"trainer.weight_bucket_mb={cfg.weight_bucket_mb}: must be >= 1 (MiB)"),
         (cfg.weight_sync_timeout_s > 0, "trainer.weight_sync_timeout_s must be > 0 (seconds)"),
+        (cfg.rendezvous_timeout_s > 0, "trainer.rendezvous_timeout_s must be > 0 (seconds)"),
         (cfg.weight_keep_versions >= 1, "trainer.weight_keep_versions must be >= 1"),
         (cfg.weight_transport not in ("cuda_ipc", "nccl") or cfg.gpus_per_rank > 0,
          f"trainer.weight_transport={cfg.weight_transport} moves weights between GPUs: it needs "

@@ -95,6 +95,10 @@ class TrainerRank:
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed + rank)
+        if rank > 0 and world_size > 1:  # a clear error, not torch's 30-minute wait, when rank 0 is unreachable
+            from trainer.rendezvous import wait_for_rank0
+
+            wait_for_rank0(master_addr, master_port, cfg.rendezvous_timeout_s, rank)
         deepspeed.init_distributed(dist_backend="nccl" if self.use_gpu else "gloo")
         self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
