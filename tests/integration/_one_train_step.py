@@ -23,9 +23,8 @@ from buffer.api import Group, Sample, encode_group  # noqa: E402
 from trainer.api import TrainerConfig, TrainerRank, make_policy_loss  # noqa: E402
 
 
-def groups(vocab: int, nan_group: int = -1) -> list[bytes]:
-    """4 prompts x 3 samples of random tokens, mixed rewards, behaviour log-probs slightly off-policy (NaN rewards in
-    group `nan_group`: a fault injected into one rank's share)."""
+def groups(vocab: int) -> list[bytes]:
+    """4 prompts x 3 samples of random tokens, mixed rewards, behaviour log-probs slightly off-policy."""
     rng = np.random.default_rng(0)
     out = []
     for g in range(4):
@@ -33,7 +32,7 @@ def groups(vocab: int, nan_group: int = -1) -> list[bytes]:
         samples = []
         for j in range(3):
             resp = rng.integers(1, vocab, size=2 + (g + j) % 4).astype(np.int32)
-            reward = float("nan") if g == nan_group else float((g + j) % 2)
+            reward = float((g + j) % 2)
             samples.append(Sample(prompt, resp, rng.uniform(-4, -1, len(resp)).astype(np.float32),
                                   np.zeros(len(resp), np.int32), reward, "stop"))
         out.append(encode_group(Group(f"p{g}", "", samples)))
@@ -50,7 +49,8 @@ if __name__ == "__main__":
     ap.add_argument("--world-size", type=int, default=1)
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--nan-group", type=int, default=-1)
+    ap.add_argument("--nan-rank", type=int, default=-1, help="this rank's loss is NaN (a fault on one rank only; "
+                    "a NaN reward cannot reach a rank: the buffer sets such a group aside)")
     args = ap.parse_args()
     port = args.port
     if not port:
@@ -61,8 +61,15 @@ if __name__ == "__main__":
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), overrides))
     rank = TrainerRank(args.rank, args.world_size, "127.0.0.1", port, args.model, cfg, seed=0,
                        temperature=args.temperature)
-    batch = torch.load(args.groups) if args.groups else groups(rank.engine.module.config.vocab_size, args.nan_group)
+    batch = torch.load(args.groups) if args.groups else groups(rank.engine.module.config.vocab_size)
     before = {k: v.detach().clone() for k, v in rank.engine.module.state_dict().items()}
-    result = rank.train_batch(batch, make_policy_loss(cfg.loss))
+    loss_fn = make_policy_loss(cfg.loss)
+    if args.rank == args.nan_rank:
+        policy_loss = loss_fn
+
+        def loss_fn(*a, **kw):
+            loss, *rest = policy_loss(*a, **kw)
+            return (loss * float("nan"), *rest)
+    result = rank.train_batch(batch, loss_fn)
     torch.save({"before": before, "weights": {k: v.detach().clone() for k, v in rank.engine.module.state_dict().items()},
                 "result": dataclasses.asdict(result)}, args.out_file)

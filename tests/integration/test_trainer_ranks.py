@@ -64,9 +64,9 @@ def test_two_ranks_compute_what_one_rank_computes(tiny_model_path, tmp_path, cfg
 
 
 def test_a_nan_loss_on_one_rank_makes_every_rank_skip_the_step_together(tiny_model_path, tmp_path):
-    """Group p3 carries NaN rewards, so only the rank that trains it sees a NaN loss. Before the fix that
-    rank raised before backward while the other waited in the gradient all-reduce forever (here: the timeout)."""
-    ranks = _ranks(tiny_model_path, tmp_path, "nan", {}, 2, "--nan-group", "3", timeout=240)
+    """Rank 1's loss is NaN, rank 0's is not. Before the fix rank 1 raised before backward while rank 0 waited in
+    the gradient all-reduce forever (here: the timeout)."""
+    ranks = _ranks(tiny_model_path, tmp_path, "nan", {}, 2, "--nan-rank", "1", timeout=240)
     for r in ranks:
         assert r["result"]["skipped_steps"] == 1
         assert all(torch.equal(w, r["before"][n]) for n, w in r["weights"].items())  # nobody moved
