@@ -20,6 +20,17 @@ def redis_server():
         yield server
 
 
+@pytest.fixture(params=["redis", "memory"])
+def buffer_backend(request, redis_server):
+    """Both buffer backends behind the same tests: `.url` is the real server's, or a fresh in-process buffer's."""
+    if request.param == "redis":
+        return redis_server
+    import types
+    import uuid
+
+    return types.SimpleNamespace(url=f"memory://{uuid.uuid4().hex}")
+
+
 @pytest.fixture
 def key_prefix() -> str:
     return f"test:{uuid.uuid4().hex[:10]}"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,13 +14,6 @@ from buffer.staleness import admission_capacity
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(params=["redis", "memory"])
-def redis_server(request, redis_server):
-    """Both backends behind the same tests: `.url` is the real server's, or a fresh in-process buffer's."""
-    if request.param == "redis":
-        return redis_server
-    return SimpleNamespace(url=f"memory://{uuid.uuid4().hex}")
 
 
 def open_buffer(url, prefix, *, eta=1, B=2, max_in_flight=100, max_buffered=100, claim_idle_s=300.0):
@@ -44,8 +35,8 @@ def group(version: int, prompt_id: str = "p", n: int = 2, reward: float = 1.0) -
     return Group(prompt_id=prompt_id, prompt="1+2=", samples=samples, fields={"answer": "3"})
 
 
-def test_admit_matches_pure_capacity_rule(redis_server, key_prefix):
-    buf = make_buffer(redis_server, key_prefix, eta=1, B=2, max_in_flight=3)
+def test_admit_matches_pure_capacity_rule(buffer_backend, key_prefix):
+    buf = make_buffer(buffer_backend, key_prefix, eta=1, B=2, max_in_flight=3)
     # v=0, accepted=0, running=0: min(3 - 0, (1+0+1)*2 - 0) = 3
     assert buf.admit(10) == (3, 0)
     # running=3 now: min(3 - 3, 4 - 3) = 0
@@ -55,12 +46,12 @@ def test_admit_matches_pure_capacity_rule(redis_server, key_prefix):
     assert buf.admit(10) == (1, 0)
 
 
-def test_admission_is_atomic_across_concurrent_workers(redis_server, key_prefix):
-    buf = make_buffer(redis_server, key_prefix, eta=2, B=4, max_in_flight=1000)
+def test_admission_is_atomic_across_concurrent_workers(buffer_backend, key_prefix):
+    buf = make_buffer(buffer_backend, key_prefix, eta=2, B=4, max_in_flight=1000)
     granted = []
 
     def worker():
-        own = open_buffer(redis_server.url, key_prefix, eta=2, B=4, max_in_flight=1000)
+        own = open_buffer(buffer_backend.url, key_prefix, eta=2, B=4, max_in_flight=1000)
         for _ in range(50):
             granted.append(own.admit(1)[0])
 
@@ -74,8 +65,8 @@ def test_admission_is_atomic_across_concurrent_workers(redis_server, key_prefix)
     assert buf.stats()["running"] == 12
 
 
-def test_eta_zero_admits_exactly_one_step_per_version(redis_server, key_prefix):
-    buf = make_buffer(redis_server, key_prefix, eta=0, B=2)
+def test_eta_zero_admits_exactly_one_step_per_version(buffer_backend, key_prefix):
+    buf = make_buffer(buffer_backend, key_prefix, eta=0, B=2)
     assert buf.admit(5) == (2, 0)
     buf.push([group(0), group(0)])
     assert buf.admit(5) == (0, 0)
@@ -86,8 +77,8 @@ def test_eta_zero_admits_exactly_one_step_per_version(redis_server, key_prefix):
     assert buf.admit(5) == (2, 1)
 
 
-def test_pop_evicts_groups_staler_than_eta_and_gives_their_slots_back(redis_server, key_prefix):
-    buf = make_buffer(redis_server, key_prefix, eta=1, B=2)
+def test_pop_evicts_groups_staler_than_eta_and_gives_their_slots_back(buffer_backend, key_prefix):
+    buf = make_buffer(buffer_backend, key_prefix, eta=1, B=2)
     buf.admit(4)
     buf.push([group(0, "old-a"), group(0, "old-b"), group(2, "new-a"), group(2, "new-b")])
     buf.bump_version(), buf.bump_version()  # trainer moved on: groups of version 0 are 2 > eta=1 stale
@@ -99,14 +90,14 @@ def test_pop_evicts_groups_staler_than_eta_and_gives_their_slots_back(redis_serv
     assert stats["accepted"] == 2  # 4 pushed - 2 evicted
 
 
-def test_popped_batch_is_claimed_until_commit_and_reclaimed_after_a_crash(redis_server, key_prefix):
-    buf = make_buffer(redis_server, key_prefix, eta=4, B=2, claim_idle_s=0.2)
+def test_popped_batch_is_claimed_until_commit_and_reclaimed_after_a_crash(buffer_backend, key_prefix):
+    buf = make_buffer(buffer_backend, key_prefix, eta=4, B=2, claim_idle_s=0.2)
     buf.admit(2)
     buf.push([group(0, "a"), group(0, "b")])
     first = buf.pop(2, consumer="trainer-dead", timeout_s=2)
     assert {g.prompt_id for g in first.groups} == {"a", "b"}
     # the dead trainer never commits; a new trainer finds nothing new but reclaims after claim_idle_s
-    survivor = open_buffer(redis_server.url, key_prefix, eta=4, B=2, claim_idle_s=0.2)
+    survivor = open_buffer(buffer_backend.url, key_prefix, eta=4, B=2, claim_idle_s=0.2)
     time.sleep(0.3)
     again = survivor.pop(2, consumer="trainer-new", timeout_s=2)
     assert {g.prompt_id for g in again.groups} == {"a", "b"}
@@ -115,10 +106,10 @@ def test_popped_batch_is_claimed_until_commit_and_reclaimed_after_a_crash(redis_
     assert survivor.pop(2, consumer="trainer-new", timeout_s=0.3) is None
 
 
-def test_a_slow_consumer_never_gets_its_own_groups_twice(redis_server, key_prefix):
+def test_a_slow_consumer_never_gets_its_own_groups_twice(buffer_backend, key_prefix):
     """Its held and handed-out groups outlive claim_idle_s without being claimed again (before the fix a 4-group pop
     returned p1, p2, p1, p2, and a later pop returned a batch still in training)."""
-    buf = make_buffer(redis_server, key_prefix, eta=4, B=4, claim_idle_s=0.1)
+    buf = make_buffer(buffer_backend, key_prefix, eta=4, B=4, claim_idle_s=0.1)
     buf.admit(6)
     buf.push([group(0, "p1"), group(0, "p2")])
     assert buf.pop(4, timeout_s=0.5) is None  # waits past claim_idle_s holding p1, p2
@@ -132,8 +123,8 @@ def test_a_slow_consumer_never_gets_its_own_groups_twice(redis_server, key_prefi
     assert buf.stats()["buffered"] == 2
 
 
-def test_a_released_batch_is_handed_out_again_first(redis_server, key_prefix):
-    buf = make_buffer(redis_server, key_prefix, eta=4, B=2)
+def test_a_released_batch_is_handed_out_again_first(buffer_backend, key_prefix):
+    buf = make_buffer(buffer_backend, key_prefix, eta=4, B=2)
     buf.admit(3)
     buf.push([group(0, "a"), group(0, "b"), group(0, "c")])
     failed = buf.pop(2, timeout_s=2)
@@ -144,10 +135,10 @@ def test_a_released_batch_is_handed_out_again_first(redis_server, key_prefix):
     assert [g.prompt_id for g in buf.pop(1, timeout_s=2).groups] == ["c"]
 
 
-def test_a_released_batch_is_judged_again_when_the_version_moved(redis_server, key_prefix):
+def test_a_released_batch_is_judged_again_when_the_version_moved(buffer_backend, key_prefix):
     """A trainer restarted from a checkpoint sends its weights as a new version: the batch it gets back may now be
     too stale (before the fix it came back with its old staleness and was trained beyond eta)."""
-    buf = make_buffer(redis_server, key_prefix, eta=1, B=2)
+    buf = make_buffer(buffer_backend, key_prefix, eta=1, B=2)
     buf.admit(2)
     buf.push([group(0, "a"), group(1, "b")])
     buf.bump_version()
@@ -159,10 +150,10 @@ def test_a_released_batch_is_judged_again_when_the_version_moved(redis_server, k
     assert buf.stats()["dropped_stale"] == 1
 
 
-def test_groups_from_weights_newer_than_the_version_are_evicted_not_trained(redis_server, key_prefix):
+def test_groups_from_weights_newer_than_the_version_are_evicted_not_trained(buffer_backend, key_prefix):
     """After a resume from an older checkpoint the stream may hold groups of later versions: before the fix they
     were popped at staleness -10 and trained on as if they were older."""
-    buf = make_buffer(redis_server, key_prefix, eta=2, B=2)
+    buf = make_buffer(buffer_backend, key_prefix, eta=2, B=2)
     buf.admit(2)
     buf.push([group(10, "future"), group(0, "now")])
     assert buf.pop(2, timeout_s=0.5) is None
@@ -173,10 +164,10 @@ def test_groups_from_weights_newer_than_the_version_are_evicted_not_trained(redi
     assert [g.prompt_id for g in batch.groups] == ["now", "now2"] and min(batch.staleness) >= 0
 
 
-def test_a_dead_workers_reservations_go_back_when_its_lease_expires(redis_server, key_prefix):
+def test_a_dead_workers_reservations_go_back_when_its_lease_expires(buffer_backend, key_prefix):
     """Before leases a worker that died with groups in flight kept their slots forever: capacity shrank with every
     crash until the run stalled."""
-    buf = connect(redis_server.url, key_prefix, BufferConfig(eta=0, groups_per_step=4, max_in_flight=100,
+    buf = connect(buffer_backend.url, key_prefix, BufferConfig(eta=0, groups_per_step=4, max_in_flight=100,
                                                              max_buffered=100, lease_ttl_s=0.3))
     buf.initialize(version=0)
     assert buf.admit(3, holder="w0-dead") == (3, 0)
@@ -193,8 +184,8 @@ def test_a_dead_workers_reservations_go_back_when_its_lease_expires(redis_server
     assert buf.stats()["running"] == 0
 
 
-def test_every_group_pushed_is_committed_dropped_or_still_buffered_even_if_committed_twice(redis_server, key_prefix):
-    buf = make_buffer(redis_server, key_prefix, eta=1, B=2)
+def test_every_group_pushed_is_committed_dropped_or_still_buffered_even_if_committed_twice(buffer_backend, key_prefix):
+    buf = make_buffer(buffer_backend, key_prefix, eta=1, B=2)
     buf.admit(6)
     buf.push([group(0, f"p{i}") for i in range(5)], released=1)  # one filtered: never pushed
     first = buf.pop(2, timeout_s=2)
@@ -206,8 +197,8 @@ def test_every_group_pushed_is_committed_dropped_or_still_buffered_even_if_commi
     assert (stats["pushed"], stats["committed"], stats["dropped_stale"], stats["buffered"]) == (5, 2, 3, 0)
 
 
-def test_pop_times_out_and_keeps_partial_batch_for_next_call(redis_server, key_prefix):
-    buf = make_buffer(redis_server, key_prefix, eta=4, B=2)
+def test_pop_times_out_and_keeps_partial_batch_for_next_call(buffer_backend, key_prefix):
+    buf = make_buffer(buffer_backend, key_prefix, eta=4, B=2)
     buf.admit(2)
     buf.push([group(0, "a")], released=1)
     assert buf.pop(2, timeout_s=0.3) is None
@@ -217,28 +208,28 @@ def test_pop_times_out_and_keeps_partial_batch_for_next_call(redis_server, key_p
     assert [g.prompt_id for g in batch.groups] == ["a", "b"]
 
 
-def test_max_buffered_bounds_admission(redis_server, key_prefix):
-    buf = make_buffer(redis_server, key_prefix, eta=100, B=1, max_buffered=3)
+def test_max_buffered_bounds_admission(buffer_backend, key_prefix):
+    buf = make_buffer(buffer_backend, key_prefix, eta=100, B=1, max_buffered=3)
     assert buf.admit(10) == (3, 0)
     buf.push([group(0)] * 3)
     assert buf.admit(10) == (0, 0)  # 3 buffered + 0 running = max_buffered
 
 
-def test_released_slots_return_to_capacity(redis_server, key_prefix):
-    buf = make_buffer(redis_server, key_prefix, eta=0, B=3)
+def test_released_slots_return_to_capacity(buffer_backend, key_prefix):
+    buf = make_buffer(buffer_backend, key_prefix, eta=0, B=3)
     assert buf.admit(3) == (3, 0)
     buf.push([group(0)], released=2)  # two prompts were filtered out: their slots come back
     assert buf.admit(3) == (2, 0)
 
 
-def test_initialize_rebases_counters_on_resume(redis_server, key_prefix):
-    if redis_server.url.startswith("memory://"):
+def test_initialize_rebases_counters_on_resume(buffer_backend, key_prefix):
+    if buffer_backend.url.startswith("memory://"):
         pytest.skip("reaches into Redis keys to fake a crashed worker")
-    buf = make_buffer(redis_server, key_prefix, eta=1, B=2)
+    buf = make_buffer(buffer_backend, key_prefix, eta=1, B=2)
     buf.admit(2)
     buf.push([group(0), group(0)])
     buf.client.set(buf.key("running"), 5)  # a crashed worker left reservations behind
-    resumed = RedisBuffer(redis_server.url, prefix=key_prefix, eta=1, groups_per_step=2, max_in_flight=100,
+    resumed = RedisBuffer(buffer_backend.url, prefix=key_prefix, eta=1, groups_per_step=2, max_in_flight=100,
                           max_buffered=100)
     resumed.initialize(version=7)
     stats = resumed.stats()
@@ -248,18 +239,18 @@ def test_initialize_rebases_counters_on_resume(redis_server, key_prefix):
     assert resumed.admit(10) == (2, 7)
 
 
-def test_every_process_checks_the_stored_bound(redis_server, key_prefix):
-    make_buffer(redis_server, key_prefix, eta=2, B=4)
-    open_buffer(redis_server.url, key_prefix, eta=2, B=4)  # the same bound: fine
+def test_every_process_checks_the_stored_bound(buffer_backend, key_prefix):
+    make_buffer(buffer_backend, key_prefix, eta=2, B=4)
+    open_buffer(buffer_backend.url, key_prefix, eta=2, B=4)  # the same bound: fine
     with pytest.raises(BoundMismatch, match=r"eta"):
-        open_buffer(redis_server.url, key_prefix, eta=3, B=4)  # a worker started with another eta
+        open_buffer(buffer_backend.url, key_prefix, eta=3, B=4)  # a worker started with another eta
     with pytest.raises(BoundMismatch, match=r"groups_per_step"):
-        open_buffer(redis_server.url, key_prefix, eta=2, B=8).initialize(version=0)
+        open_buffer(buffer_backend.url, key_prefix, eta=2, B=8).initialize(version=0)
 
 
-def test_admission_before_initialize_is_a_clear_error(redis_server, key_prefix):
+def test_admission_before_initialize_is_a_clear_error(buffer_backend, key_prefix):
     with pytest.raises(BufferUnavailable, match="not initialized"):
-        open_buffer(redis_server.url, key_prefix).admit(1)
+        open_buffer(buffer_backend.url, key_prefix).admit(1)
 
 
 def test_unreachable_redis_names_the_url_and_the_fix():
@@ -268,9 +259,9 @@ def test_unreachable_redis_names_the_url_and_the_fix():
                     max_buffered=1)
 
 
-def test_admission_counts_groups_whatever_their_size(redis_server, key_prefix):
+def test_admission_counts_groups_whatever_their_size(buffer_backend, key_prefix):
     """With GVM, groups differ in size; the staleness bound counts groups (a trainer step takes B groups)."""
-    buf = make_buffer(redis_server, key_prefix, eta=0, B=2)
+    buf = make_buffer(buffer_backend, key_prefix, eta=0, B=2)
     assert buf.admit(5) == (2, 0)
     buf.push([group(0, "small", n=2), group(0, "big", n=14)])
     assert buf.admit(5) == (0, 0)  # two groups = one step's worth, although 16 samples
@@ -278,14 +269,14 @@ def test_admission_counts_groups_whatever_their_size(redis_server, key_prefix):
     assert sorted(len(g.samples) for g in batch.groups) == [2, 14]
 
 
-def test_each_workers_prompt_cursor_is_kept_for_its_next_incarnation(redis_server, key_prefix):
+def test_each_workers_prompt_cursor_is_kept_for_its_next_incarnation(buffer_backend, key_prefix):
     """A rollout worker records where its prompt source stands; the one Ray restarts in its place (another process,
     another buffer object) reads it back, and a checkpoint does too."""
-    buf = make_buffer(redis_server, key_prefix)
+    buf = make_buffer(buffer_backend, key_prefix)
     assert buf.prompt_cursor(0) is None  # nothing recorded: an endless source, or a worker not started yet
     buf.set_prompt_cursor(0, {"epoch": 1, "position": 37})
     buf.set_prompt_cursor(1, {"epoch": 0, "position": 5})
     buf.set_prompt_cursor(0, {"epoch": 1, "position": 85})  # the newest wins
-    again = open_buffer(redis_server.url, key_prefix)
+    again = open_buffer(buffer_backend.url, key_prefix)
     assert [again.prompt_cursor(i) for i in (0, 1, 2)] == [{"epoch": 1, "position": 85}, {"epoch": 0, "position": 5},
                                                            None]

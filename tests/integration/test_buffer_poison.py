@@ -3,7 +3,6 @@ backends (the real Redis server and the in-process MemoryBuffer); pop hands out 
 from __future__ import annotations
 
 import uuid
-from types import SimpleNamespace
 
 import msgpack
 import numpy as np
@@ -13,12 +12,6 @@ from buffer.api import BufferConfig, Group, Sample, connect, decode_group, encod
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(params=["redis", "memory"])
-def server(request, redis_server):
-    if request.param == "redis":
-        return redis_server
-    return SimpleNamespace(url=f"memory://{uuid.uuid4().hex}")
 
 
 def make_buffer(url: str, prefix: str, B: int = 2):
@@ -43,8 +36,8 @@ BAD = {"float64 prompt ids": dict(prompt_ids=np.array([1.0, 2.0])),
        "NaN log-prob": dict(behaviour_logprobs=np.array([-0.1, np.nan, -0.3], np.float32))}
 
 
-def test_invalid_groups_are_quarantined_counted_and_never_popped(server, key_prefix):
-    buf = make_buffer(server.url, key_prefix)
+def test_invalid_groups_are_quarantined_counted_and_never_popped(buffer_backend, key_prefix):
+    buf = make_buffer(buffer_backend.url, key_prefix)
     granted, _ = buf.admit(len(BAD) + 2)
     pushed = [group("good-1")] + [group(name, **arrays) for name, arrays in BAD.items()] + [group("good-2")]
     buf.push(pushed)
