@@ -39,11 +39,13 @@ class RewardSpec:
 
 @dataclass
 class SandboxConfig:
-    """Limits of rewards that execute generated code (e.g. `python_tests`); one test case at a time, each in
-    its own bubblewrap box (rewards/box.py; an assert case: a box for the code, one for the test)."""
+    """Limits of rewards that execute generated code (e.g. `python_tests`); one test case at a time, in
+    bubblewrap boxes (rewards/box.py: a box per stdin/stdout case; a completion's assert cases share a box for
+    the code and one for the tests, each case in forks of its own)."""
     cpu_seconds: float = 2.0  # CPU time of each process of a test case (RLIMIT_CPU, rounded up to seconds)
     memory_mb: int = 1024  # address space of each process of a test case (RLIMIT_AS)
-    output_bytes: int = 1 << 20  # stdout and stderr of one test case, each, read from its pipes
+    # stdout and stderr, each, of a stdin/stdout case's box, or of a box shared by a completion's assert cases
+    output_bytes: int = 1 << 20
     wall_seconds: float = 6.0  # wall clock of all test cases of one completion together
     # False: refuse to run generated code (at start-up and per call) where bubblewrap cannot make its box.
     # True: run it there anyway with resource limits only, NOT isolated (a logged warning; docs/rewards.md).

@@ -1,11 +1,13 @@
 """Run untrusted Python (a model's completion) against test cases, each case in isolated boxes.
 
-Per case (rewards/box.py makes the boxes; rewards/_sandbox_child.py runs in them):
-- stdin/stdout case: one `io` box runs the program; this process compares its stdout (read from the
-  box's pipe, at most `output_bytes`) with the expected output, which never enters any box;
-- assert case: a `solution` box runs the code and a separate `test` box runs the test statements; the
-  test box sees the solution's names as handles and gets plain values back, so its asserts compare
-  values in a process the code cannot reach. The verdict is the test box's exit status, read here.
+rewards/box.py makes the boxes; rewards/_sandbox_child.py runs in them:
+- stdin/stdout case: one `io` box per case runs the program; this process compares its stdout (read from
+  the box's pipe, at most `output_bytes`) with the expected output, which never enters any box;
+- assert cases (all of one completion's): a `solution` box runs the code once and serves each case from a
+  fork of itself; a separate `test` box runs each case's statements in a fork of its own, seeing the
+  solution's names as handles and getting plain values back, so its asserts compare values in a process
+  the code cannot reach. The verdicts come on a pipe only the test box holds. If the boxes end inside a
+  case (a limit, the code exiting), that case gets their status and the rest a fresh pair.
 No secret is involved anywhere, so there is none to steal.
 
 Where bubblewrap cannot run, `run_cases` refuses (RewardError naming what is missing and how to install
@@ -15,6 +17,7 @@ Invariant: `run_cases` returns one CaseResult per case and never raises for anyt
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -73,14 +76,15 @@ def run_cases(cases: list[Case], limits: Optional[SandboxConfig] = None) -> Sand
     box_limits = box.Limits(max(1, int(limits.cpu_seconds + 0.999)), limits.memory_mb << 20,
                             limits.output_bytes, MAX_PROCESSES, max(limits.output_bytes, 16 << 20))
     deadline = time.monotonic() + limits.wall_seconds
-    results = []
+    results: list[Optional[CaseResult]] = [None] * len(cases)
     with tempfile.TemporaryDirectory(prefix="slipstream-sandbox-", ignore_cleanup_errors=True) as scratch:
-        for case in cases:
-            if time.monotonic() >= deadline:
-                results.append(CaseResult("not_run"))
-                continue
-            run = _run_test if case.test is not None else _run_io
-            results.append(run(case, box_limits, isolated, scratch, deadline))
+        tests = [i for i, c in enumerate(cases) if c.test is not None]
+        for i, result in zip(tests, _run_tests([cases[i] for i in tests], box_limits, isolated, scratch, deadline)):
+            results[i] = result
+        for i, case in enumerate(cases):
+            if case.test is None:
+                results[i] = (CaseResult("not_run") if time.monotonic() >= deadline
+                              else _run_io(case, box_limits, isolated, scratch, deadline))
     return SandboxRun(results, isolated, note)
 
 
@@ -126,34 +130,82 @@ def _run_io(case: Case, limits: box.Limits, isolated: bool, scratch: str, deadli
     return CaseResult("passed", seconds, tail)
 
 
-def _run_test(case: Case, limits: box.Limits, isolated: bool, scratch: str, deadline: float) -> CaseResult:
+def _run_tests(cases: list[Case], limits: box.Limits, isolated: bool, scratch: str,
+               deadline: float) -> list[CaseResult]:
+    """The assert cases of one completion (one source), in one pair of boxes while they last."""
+    results: list[CaseResult] = []
+    while len(results) < len(cases):
+        if time.monotonic() >= deadline:
+            results.append(CaseResult("not_run"))
+            continue
+        done, lost = _test_round(cases[len(results):], limits, isolated, scratch, deadline)
+        results += done
+        if lost is not None:  # the boxes ended inside a case: it gets their status, the rest a fresh pair
+            results.append(lost)
+            if not done and lost.status not in ("wall_timeout", "output_limit"):  # died before any case ran
+                results += [CaseResult(lost.status, 0.0, lost.stderr_tail)] * (len(cases) - len(results))
+    return results
+
+
+def _test_round(cases: list[Case], limits: box.Limits, isolated: bool, scratch: str,
+                deadline: float) -> tuple[list[CaseResult], Optional[CaseResult]]:
+    """Start a `solution` box (the code, run once; each case served by a fork of it) and a `test` box (each
+    case's statements in a fork of its own, judged there: it sees the solution's objects as handles and gets
+    plain values back). The verdicts come from the test box's fd 6, which nothing of the solution's can reach.
+    Returns the results of the cases judged, and the result of the one the boxes ended in (or None)."""
     t0 = time.monotonic()
-    req_r, req_w = os.pipe()  # test -> solution: requests
-    ans_r, ans_w = os.pipe()  # solution -> test: answers
-    sol_job_r, sol_job_w = os.pipe()
-    test_job_r, test_job_w = os.pipe()
+    pipes = {name: os.pipe() for name in ("requests", "answers", "sol_job", "test_job", "verdicts")}
+    (req_r, req_w), (ans_r, ans_w) = pipes["requests"], pipes["answers"]
     solution = None
     try:
-        solution = _start("solution", limits, isolated, scratch, {3: sol_job_r, 4: req_r, 5: ans_w})
-        test = _start("test", limits, isolated, scratch, {3: test_job_r, 4: req_w, 5: ans_r})
+        solution = _start("solution", limits, isolated, scratch, {3: pipes["sol_job"][0], 4: req_r, 5: ans_w})
+        test = _start("test", limits, isolated, scratch,
+                      {3: pipes["test_job"][0], 4: req_w, 5: ans_r, 6: pipes["verdicts"][1]})
     except BaseException:
         if solution is not None:
             _kill([solution])
-        for fd in (sol_job_w, test_job_w):
+        for fd in (pipes["sol_job"][1], pipes["test_job"][1], pipes["verdicts"][0]):
             os.close(fd)
         raise
     finally:
-        for fd in (req_r, req_w, ans_r, ans_w, sol_job_r, test_job_r):
+        for fd in (req_r, req_w, ans_r, ans_w, pipes["sol_job"][0], pipes["test_job"][0], pipes["verdicts"][1]):
             os.close(fd)
-    _feed(open(sol_job_w, "wb"), json.dumps({"source": case.source, "processes": limits.processes}).encode())
-    _feed(open(test_job_w, "wb"), json.dumps({"test": case.test, "processes": limits.processes}).encode())
-    why = _collect([solution, test], test, deadline, limits.output_bytes)
-    seconds, tail = time.monotonic() - t0, (_tail(test.err) + "\n" + _tail(solution.err)).strip()
-    if why is not None:
-        return CaseResult(why, seconds, tail)
-    if test.proc.returncode == 0:  # the only way to pass: the test box ran every statement
-        return CaseResult("passed", seconds, tail)
-    return CaseResult(_failure([solution, test]), seconds, tail)
+    _feed(open(pipes["sol_job"][1], "wb"), json.dumps({"source": cases[0].source,
+                                                       "processes": limits.processes}).encode())
+    _feed(open(pipes["test_job"][1], "wb"), json.dumps({"tests": [c.test for c in cases],
+                                                        "processes": limits.processes}).encode())
+    verdicts = _Verdicts(pipes["verdicts"][0], len(cases))
+    why = _collect([solution, test], test, deadline, limits.output_bytes, verdicts)
+    tail = (_tail(test.err) + "\n" + _tail(solution.err)).strip()
+    done = [CaseResult(v["status"], v["seconds"], tail) for v in verdicts.items]
+    if len(done) == len(cases):
+        return done, None
+    seconds = time.monotonic() - t0 - sum(r.seconds for r in done)
+    return done, CaseResult(why or _failure([solution, test]), seconds, tail)
+
+
+class _Verdicts:
+    """The test box's verdict lines, read from its fd 6 as they come; `complete` once all have come."""
+    STATUSES = {"passed", "error", "cpu_limit", "memory_limit"}
+
+    def __init__(self, fd: int, expected: int):
+        self.file, self.expected, self.items, self._partial = os.fdopen(fd, "rb", buffering=0), expected, [], b""
+
+    def read(self) -> bool:
+        """Take what has arrived; False at the end of the stream."""
+        data = os.read(self.file.fileno(), 65536)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            v = json.loads(line)
+            if v.get("case") != len(self.items) or v.get("status") not in self.STATUSES:
+                raise RewardError(f"the sandbox's test box sent a malformed verdict: {line[:200]!r}")
+            self.items.append({"status": v["status"], "seconds": float(v["seconds"])})
+        return bool(data)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.items) >= self.expected
 
 
 @dataclass
@@ -182,8 +234,10 @@ def _feed(target, data: bytes) -> None:
     threading.Thread(target=write, daemon=True, name="sandbox-feed").start()
 
 
-def _collect(boxes: list[_Box], judged: _Box, deadline: float, output_bytes: int) -> Optional[str]:
-    """Read the boxes' stdout/stderr until `judged` has ended; None, or the status of a box killed by us.
+def _collect(boxes: list[_Box], judged: _Box, deadline: float, output_bytes: int,
+             verdicts: Optional[_Verdicts] = None) -> Optional[str]:
+    """Read the boxes' stdout/stderr (and `verdicts`) until `judged` has ended or every verdict has come; None,
+    or the status of a box killed by us.
 
     A box whose pipes have closed is exiting: it is waited for (briefly) so that its own exit status, a CPU
     limit say, is read rather than our kill's. When `judged` has ended, the others get the same grace (a
@@ -192,15 +246,21 @@ def _collect(boxes: list[_Box], judged: _Box, deadline: float, output_bytes: int
     for b in boxes:
         sel.register(b.proc.stdout, selectors.EVENT_READ, (b, b.out))
         sel.register(b.proc.stderr, selectors.EVENT_READ, (b, b.err))
+    if verdicts is not None:
+        sel.register(verdicts.file, selectors.EVENT_READ, (None, None))
     why, open_pipes = None, {id(b): 2 for b in boxes}
     try:
-        while open_pipes[id(judged)] and why is None:
+        while open_pipes[id(judged)] and why is None and not (verdicts and verdicts.complete):
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 why = "wall_timeout"
                 break
             for key, _ in sel.select(timeout):
                 owner, buf = key.data
+                if owner is None:
+                    if not verdicts.read():
+                        sel.unregister(key.fileobj)
+                    continue
                 data = os.read(key.fd, 65536)
                 if not data:
                     sel.unregister(key.fileobj)
@@ -209,7 +269,7 @@ def _collect(boxes: list[_Box], judged: _Box, deadline: float, output_bytes: int
                     why = "output_limit"
                 else:
                     buf.extend(data)
-        if why is None:
+        if why is None and not (verdicts and verdicts.complete):
             for b in [judged] + [b for b in boxes if b is not judged]:
                 _wait(b, min(deadline, time.monotonic() + EXIT_GRACE_S))
     finally:
@@ -218,6 +278,12 @@ def _collect(boxes: list[_Box], judged: _Box, deadline: float, output_bytes: int
         for b in boxes:
             b.proc.stdout.close()
             b.proc.stderr.close()
+        if verdicts is not None:  # what the test box wrote before it ended (or was killed)
+            os.set_blocking(verdicts.file.fileno(), False)
+            with contextlib.suppress(BlockingIOError):
+                while not verdicts.complete and verdicts.read():
+                    pass
+            verdicts.file.close()
     return why
 
 

@@ -22,7 +22,27 @@ def run_side(script: str, side: str) -> dict:
         raise RuntimeError(f"the {side} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     result = json.loads(lines[-1][len("RESULT "):])
     print(side, json.dumps(result), flush=True)
+    wait_for_leftovers()
     return result
+
+
+LEFTOVERS = ("VLLM::EngineCore", "ray::", "raylet", "gcs_server")  # what a side starts that outlives it a while
+
+
+def wait_for_leftovers(timeout_s: float = 120.0) -> None:
+    """Wait until the processes a side started (its engine core, Ray's workers and daemons, which
+    `ray.shutdown()` does not wait for) are gone: on a small machine a dying engine's busy loop would
+    otherwise run into the next side's window."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in psutil.process_iter(["cmdline"])
+                 if any(name in " ".join(p.info["cmdline"] or []) for name in LEFTOVERS)]
+        if not alive:
+            return
+        time.sleep(0.5)
+    print(f"warning: processes of the last side still run after {timeout_s:g} s", flush=True)
 
 
 def report_side(result: dict) -> None:

@@ -90,6 +90,79 @@ def test_assert_cases_see_the_solution_through_plain_values():
     assert result.info["statuses"] == {"passed": len(tests)}, result.info
 
 
+def test_assert_cases_keep_python_semantics_across_the_boxes():
+    """In-place changes of the test's arguments, functions of the test passed to the solution (calling back into
+    it), objects of the solution passed back to it and compared with each other, isinstance of its classes."""
+    code = textwrap.dedent('''
+        from dataclasses import dataclass
+        @dataclass
+        class Point:
+            x: int
+            y: int
+        class Stack:
+            def __init__(self):
+                self.items = []
+            def push(self, x):
+                self.items.append(x)
+            def size(self):
+                return len(self.items)
+        def sort_in_place(xs):
+            xs.sort()
+        def fill(grid, value):
+            for row in grid:
+                row[:] = [value] * len(row)
+        def count_into(counts, word):
+            counts[word] = counts.get(word, 0) + 1
+        def apply(f, x):
+            return f(x)
+        def by_key(xs, key):
+            return sorted(xs, key=key)
+        def double(v):
+            return 2 * v
+        def push_all(stack, xs):
+            for x in xs:
+                stack.push(x)
+        def mid(a, b):
+            return Point((a.x + b.x) // 2, (a.y + b.y) // 2)
+    ''')
+    tests = ["xs = [3, 1, 2]\nsort_in_place(xs)\nassert xs == [1, 2, 3]",
+             "grid = [[0, 0], [0, 0]]\nrow = grid[0]\nfill(grid, 7)\nassert row == [7, 7] and grid == [[7, 7]] * 2",
+             "c = {}\ncount_into(c, 'a')\ncount_into(counts=c, word='a')\nassert c == {'a': 2}",
+             "assert apply(lambda v: v + 1, 3) == 4 and by_key(['ccc', 'a', 'bb'], key=len) == ['a', 'bb', 'ccc']",
+             "assert apply(lambda v: double(v) + 1, 4) == 9",  # a callback that calls the solution
+             "s = Stack()\npush_all(s, [1, 2, 3])\nassert s.size() == 3 and s.items == [1, 2, 3]",
+             "assert mid(Point(0, 0), Point(2, 4)) == Point(1, 2) and mid(Point(0, 0), Point(2, 4)) != Point(0, 0)",
+             "assert isinstance(mid(Point(0, 0), Point(0, 0)), Point) and not isinstance(Stack(), Point)",
+             "try:\n    apply(lambda v: 1 / v, 0)\n    assert False\nexcept ZeroDivisionError:\n    pass"]
+    result = python_tests("q", code, tests=tests, sandbox=FAST)
+    assert result.info["statuses"] == {"passed": len(tests)}, result.info
+    wrong = code.replace("xs.sort()", "xs = sorted(xs)").replace("counts.get(word, 0) + 1", "1")
+    result = python_tests("q", wrong, tests=tests[:3], sandbox=FAST)
+    assert result.info["statuses"] == {"passed": 1, "error": 2}, result.info  # no change, no pass
+
+
+def test_each_assert_case_starts_from_the_loaded_solution_and_all_share_one_pair_of_boxes(monkeypatch):
+    """A case's changes to the solution's state never reach the next case (each runs in a fork of the loaded
+    solution), and a completion's assert cases cost two box start-ups, not two per case."""
+    from rewards import box
+
+    starts = []
+    real_start = box.start
+    monkeypatch.setattr(box, "start", lambda role, *a, **k: starts.append(role) or real_start(role, *a, **k))
+    code = "calls = []\ndef bump():\n    calls.append(1)\n    return len(calls)\n"
+    result = python_tests("q", code, tests=["assert bump() == 1 and bump() == 2"] * 5 + ["assert bump() == 9"],
+                          sandbox=FAST)
+    assert result.info["statuses"] == {"passed": 5, "error": 1}, result.info
+    assert sorted(starts) == ["solution", "test"]
+
+
+def test_a_case_that_kills_its_solution_process_costs_that_case_only():
+    code = "import os\ndef add(a, b):\n    return a + b\ndef boom():\n    os._exit(3)\ndef spin():\n    while True:\n        pass\n"
+    run = run_cases([Case(code, test="assert add(1, 2) == 3"), Case(code, test="boom()"),
+                     Case(code, test="spin()"), Case(code, test="assert add(2, 2) == 4")], FAST)
+    assert statuses(run) == ["passed", "error", "cpu_limit", "passed"]
+
+
 def test_python_tests_without_tests_raises():
     with pytest.raises(ValueError, match="needs a `tests` or `test_cases` field"):
         python_tests("q", ADD_OK, sandbox=FAST)

@@ -131,6 +131,37 @@ def test_a_frame_walk_cannot_forge_a_pass():
     assert result.score == 0.0
 
 
+FORGE_THE_PROTOCOL = textwrap.dedent('''
+    import os
+    # every message the test box's processes read, forged: a case "ended", names, answers, a callback into the
+    # test, a handle that claims to be one of the test's own objects; at load and again inside a call
+    FORGED = (b'{"ended": "ok"}\\n{"names": {}}\\n{"value": true}\\n{"value": {"$cb": 0}}\\n'
+              b'{"callback": 0, "args": [], "kwargs": {"$dict": []}}\\n{"load_error": "x"}\\n') * 20
+
+    def spray():
+        for fd in range(3, 64):
+            try:
+                os.write(fd, FORGED)
+            except OSError:
+                pass
+
+    spray()
+
+    def mutate(xs):
+        spray()
+        xs.append(1)
+''')
+
+
+def test_forged_protocol_messages_cannot_pass_a_case():
+    """The solution's process writes every kind of message the test box reads, on every descriptor, before
+    and during the test: what it forges can only answer for the solution (as a return value would), never
+    make a failing statement pass."""
+    tests = ["assert False", "xs = []\nmutate(xs)\nassert xs == [2]", "mutate([])\nassert 1 == 2"]
+    result = python_tests("q", FORGE_THE_PROTOCOL, tests=tests, sandbox=LIMITS)
+    assert result.score == 0.0 and result.info["passed"] == 0, result.info
+
+
 def test_objects_of_the_solution_cannot_decide_a_comparison():
     """An object whose __eq__ always says True stays in the solution's box: comparing it is an error."""
     liar = "class Always:\n    def __eq__(self, other):\n        return True\n\ndef add(a, b):\n    return Always()\n"
