@@ -78,9 +78,14 @@ def run_cases(cases: list[Case], limits: Optional[SandboxConfig] = None) -> Sand
     deadline = time.monotonic() + limits.wall_seconds
     results: list[Optional[CaseResult]] = [None] * len(cases)
     with tempfile.TemporaryDirectory(prefix="slipstream-sandbox-", ignore_cleanup_errors=True) as scratch:
-        tests = [i for i, c in enumerate(cases) if c.test is not None]
-        for i, result in zip(tests, _run_tests([cases[i] for i in tests], box_limits, isolated, scratch, deadline)):
-            results[i] = result
+        by_source: dict[str, list[int]] = {}  # assert cases of the same code share boxes (python_tests: all)
+        for i, c in enumerate(cases):
+            if c.test is not None:
+                by_source.setdefault(c.source, []).append(i)
+        for tests in by_source.values():
+            for i, result in zip(tests, _run_tests([cases[i] for i in tests], box_limits, isolated, scratch,
+                                                   deadline)):
+                results[i] = result
         for i, case in enumerate(cases):
             if case.test is None:
                 results[i] = (CaseResult("not_run") if time.monotonic() >= deadline

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -304,3 +305,60 @@ def test_python_tests_starts_where_the_box_is_available():
     if not available:
         pytest.skip(f"no bubblewrap box here: {note}")
     build_scorer(RewardConfig(rewards=[RewardSpec("python_tests", timeout_s=20.0)])).close()
+
+
+# ---------------------------------------------------------------- the non-root path
+
+AS_ANOTHER_USER = textwrap.dedent('''
+    import json, os, sys
+    sys.path.insert(0, sys.argv[1])
+    from rewards.box import probe
+    from rewards.config import SandboxConfig
+    from rewards.sandbox import Case, run_cases
+    write = f"open({sys.argv[1]!r} + '/pwned', 'w').write('x')\\nprint('written')"
+    run = run_cases([Case("def add(a, b):\\n    return a + b", test="assert add(1, 2) == 3"),
+                     Case("def add(a, b):\\n    return 0", test="assert add(1, 2) == 3"),
+                     Case("import os\\nprint(os.getuid())"), Case(write, expected_stdout="written"),
+                     Case("print(input()[::-1])", stdin="abc", expected_stdout="cba")],
+                    SandboxConfig(wall_seconds=20.0))
+    print(json.dumps({"uid": os.getuid(), "probe": probe(), "statuses": [c.status for c in run.cases],
+                      "isolated": run.isolated, "pwned": os.path.exists(sys.argv[1] + "/pwned")}))
+''')
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become another user")
+def test_the_box_works_for_a_user_that_is_not_root(tmp_path_factory):
+    """Started by root, the box makes its namespaces and then runs as nobody; started by any other user, bwrap
+    makes a user namespace as well. This runs the sandbox as uid 65534 with the system's Python (the project's
+    interpreter may live where that user cannot read), over a copy of the sandbox's modules it can read."""
+    system_python = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)), None)
+    if system_python is None or not probe()[0]:
+        pytest.skip("no system Python 3, or no bubblewrap box here")
+    pkg = tempfile.mkdtemp(prefix="slipstream-nonroot-")
+    os.chmod(pkg, 0o755)
+    try:
+        os.makedirs(os.path.join(pkg, "rewards"))
+        open(os.path.join(pkg, "rewards", "__init__.py"), "w").close()
+        for name in ("box.py", "sandbox.py", "config.py", "schema.py", "_sandbox_child.py"):
+            shutil.copy(os.path.join(ROOT, "rewards", name), os.path.join(pkg, "rewards", name))
+        for d, _, files in os.walk(pkg):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        os.chmod(pkg, 0o777)  # the attack's target: writable by that user outside the box
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", system_python, "-I",
+                               "-c", AS_ANOTHER_USER, pkg], capture_output=True, text=True, timeout=120, cwd="/")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out["uid"] == 65534 and out["isolated"] and "user namespace" in out["probe"][1], out
+        assert out["statuses"] == ["passed", "error", "passed", "error", "passed"], out
+        assert not out["pwned"]
+    finally:
+        shutil.rmtree(pkg, ignore_errors=True)
+
+
+def test_assert_cases_of_different_code_each_run_their_own():
+    right, wrong = "def add(a, b):\n    return a + b", "def add(a, b):\n    return 0"
+    run = run_cases([Case(right, test="assert add(1, 2) == 3"), Case(wrong, test="assert add(1, 2) == 3"),
+                     Case(right, test="assert add(2, 2) == 4"), Case(wrong, test="assert add(0, 0) == 0")], FAST)
+    assert statuses(run) == ["passed", "error", "passed", "passed"]
