@@ -30,11 +30,11 @@ finish in about the order they were submitted. Checkpoints save the same cursor.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +78,9 @@ class RolloutWorker:
         # (prompt, its tokens, samples, the source's cursor before its batch was drawn) to submit
         self._planned: deque[tuple[Prompt, list[int], int, dict | None]] = deque()
         self._recorded: dict | None = None  # the prompt cursor last recorded in the buffer
-        self._in_flight: list[_GroupInFlight] = []  # generating, in submission order
+        self._in_flight: dict[int, _GroupInFlight] = {}  # generating, by id(), in submission order
+        # their futures' callbacks put them here: a wait costs O(1), not a waiter on every future in flight
+        self._done: queue.SimpleQueue[_GroupInFlight] = queue.SimpleQueue()
         self._finished: list[_GroupInFlight] = []  # generated, waiting to be pushed together (_push_due)
         self._idle_since: float | None = None
         self.counters = {"groups": 0, "samples": 0, "tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0,
@@ -184,7 +186,7 @@ class RolloutWorker:
     def _record_cursor(self) -> None:
         """Record (when it moved) where the source stood before it handed out the oldest prompt not pushed yet:
         the generating ones were drawn before the planned ones, in order (see the module's docstring)."""
-        unpushed = sorted(self._finished + self._in_flight, key=lambda g: g.submitted_at)
+        unpushed = sorted([*self._finished, *self._in_flight.values()], key=lambda g: g.submitted_at)
         pending = [g.drawn_at for g in unpushed] or [p[3] for p in self._planned]
         cursor = pending[0] if pending else self.prompt_cursor()
         if cursor is not None and cursor != self._recorded:
@@ -215,7 +217,7 @@ class RolloutWorker:
             self._push(finished)
         # the groups still in the engine will not be pushed: their admission slots go back
         self.buffer.push([], released=len(self._in_flight), holder=self.holder)
-        self._in_flight = []
+        self._in_flight = {}
         for scorer in (self.scorer, *self._eval_scorers.values()):
             scorer.close()  # safe: the pool restarts if evaluate() is called later
         return self.stats()
@@ -243,15 +245,17 @@ class RolloutWorker:
         successors at once, before they are scored and pushed."""
         if self._finished:
             wait_s = min(wait_s, max(0.0, self._finished[0].finished_at + PUSH_LINGER_S - time.perf_counter()))
-        done, _ = wait([g.future for g in self._in_flight], timeout=wait_s, return_when=FIRST_COMPLETED)
-        if not done:
+        try:
+            done = [self._done.get(timeout=wait_s)]
+        except queue.Empty:
             return
+        while not self._done.empty():
+            done.append(self._done.get_nowait())
         now = time.perf_counter()
-        for g in self._in_flight:
-            if g.future in done:
+        for g in done:
+            if self._in_flight.pop(id(g), None) is not None:  # not one abandoned by an earlier run()
                 g.finished_at = now
                 self._finished.append(g)
-        self._in_flight = [g for g in self._in_flight if g.future not in done]
         self._fill()
 
     def _push_due(self) -> bool:
@@ -297,9 +301,11 @@ class RolloutWorker:
                 unused += 1
                 continue
             prompt, ids, n, drawn_at = self._planned.popleft()
-            future = self.engine.submit(ids, n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                        top_p=cfg.top_p)
-            self._in_flight.append(_GroupInFlight(prompt, ids, future, time.perf_counter(), drawn_at))
+            group = _GroupInFlight(prompt, ids, None, time.perf_counter(), drawn_at)
+            group.future = self.engine.submit(ids, n=n, max_new_tokens=cfg.max_new_tokens,
+                                              temperature=cfg.temperature, top_p=cfg.top_p)
+            self._in_flight[id(group)] = group
+            group.future.add_done_callback(lambda _, g=group: self._done.put(g))
         if unused:
             self.buffer.push([], released=unused, holder=self.holder)
 

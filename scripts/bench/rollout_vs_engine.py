@@ -114,8 +114,31 @@ def actor_process(name: str = "ray::RolloutActor"):
     return next(p for p in psutil.process_iter(["cmdline"]) if name in " ".join(p.info["cmdline"] or []))
 
 
+def ray_daemons() -> list:
+    import psutil
+
+    names = ("raylet", "gcs_server", "ray::DashboardAgent", "ray::RuntimeEnvAgent", "monitor.py", "log_monitor.py",
+             "dashboard.py", "ray::IDLE")
+    return [p for p in psutil.process_iter(["cmdline"]) if any(n in " ".join(p.info["cmdline"] or []) for n in names)]
+
+
+def cpu_of(procs: dict) -> dict:
+    """CPU seconds (user + system) of each named list of processes; a process gone meanwhile counts 0."""
+    out = {}
+    for name, group in procs.items():
+        total = 0.0
+        for p in group:
+            try:
+                total += sum(p.cpu_times()[:2])
+            except Exception:  # noqa: BLE001 - exited
+                pass
+        out[name] = total
+    return out
+
+
 def rollout_worker(args) -> dict:
     """Tokens/s of the real RolloutWorker actor into a real Redis, drained by a free consumer."""
+    import psutil
     import ray
 
     from buffer.api import BufferConfig, EmbeddedRedis, connect
@@ -146,12 +169,16 @@ def rollout_worker(args) -> dict:
             while buffer.stats()["gen_tokens"] == 0:  # the engine is up: the first group has landed
                 time.sleep(0.05)
             time.sleep(args.warmup_seconds)
-            actor_proc = actor_process()
-            start_tokens, t0, cpu0 = buffer.stats()["gen_tokens"], time.perf_counter(), sum(actor_proc.cpu_times()[:2])
+            # the CPU the worker's side spends besides the engine core: the actor, the Redis server, this process
+            # (the drainer standing in for the trainer), Ray's daemons
+            procs = {"actor": [actor_process()], "redis": [psutil.Process(server.proc.pid)], "drainer": [psutil.Process()],
+                     "ray_daemons": ray_daemons()}
+            start_tokens, t0, cpu0 = buffer.stats()["gen_tokens"], time.perf_counter(), cpu_of(procs)
             start_groups = buffer.stats()["pushed"]
             time.sleep(args.seconds)
             tokens, seconds = buffer.stats()["gen_tokens"] - start_tokens, time.perf_counter() - t0
-            cpu, groups = sum(actor_proc.cpu_times()[:2]) - cpu0, buffer.stats()["pushed"] - start_groups
+            cpu_by = {k: v - cpu0[k] for k, v in cpu_of(procs).items()}
+            cpu, groups = cpu_by["actor"], buffer.stats()["pushed"] - start_groups
             ray.get(worker.stop.remote())
             counters = ray.get(run)
             drainer.stop()
@@ -159,6 +186,7 @@ def rollout_worker(args) -> dict:
             ray.shutdown()
     return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
             "groups": groups, "client_cpu_ms_per_group": round(1000 * cpu / max(groups, 1), 3),
+            "side_cpu_ms_per_group": {k: round(1000 * v / max(groups, 1), 3) for k, v in cpu_by.items()},
             "worker_counters": {k: counters[k] for k in ("groups", "samples", "tokens", "gen_seconds",
                                                          "engine_idle_s")}}
 

@@ -185,4 +185,4 @@ def test_a_restarted_worker_draws_again_every_prompt_its_dead_incarnation_did_no
             again |= drain(buf)
     assert min(map(int, again)) == cursor["position"]  # it went on from the cursor, not from row 0
     for worker in (dead, restarted):  # the shared engine is left with nothing in flight
-        wait([g.future for g in worker._in_flight], timeout=60)
+        wait([g.future for g in worker._in_flight.values()], timeout=60)
