@@ -119,6 +119,7 @@ def run_io(job: dict) -> None:
 # or another error), the solution's process of the case ended (hit its CPU limit, or otherwise), the solution's
 # box is gone, the test raised MemoryError
 LOAD_ERROR, LOAD_MEMORY, SOLUTION_CPU, SOLUTION_ENDED, SOLUTION_GONE, MEMORY = 3, 4, 5, 6, 7, 8
+GONE_AT_LOAD = 9  # also the test box's own exit status: the solution's box died before it served any case
 
 
 def run_solution(job: dict) -> None:
@@ -161,7 +162,7 @@ def _ending(status: int) -> str:
     return "ok" if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else "died"
 
 
-def _serve_until_end(requests, answers, handles: list) -> None:
+def _serve_until_end(requests, answers, handles: list):
     """Answer the test's requests until it sends "end" (or a callback's reply, which ends this level)."""
     for line in requests:
         req = json.loads(line)
@@ -406,6 +407,8 @@ def run_tests(job: dict) -> None:
             verdicts.close()
             _run_case(test)
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        if code == GONE_AT_LOAD:
+            os._exit(GONE_AT_LOAD)  # the judge gives every case left the status of the solution box's end
         if code == SOLUTION_GONE:
             return
         if code in (LOAD_ERROR, LOAD_MEMORY):  # every case would fail the same way
@@ -441,8 +444,12 @@ def _run_case(test: str) -> None:
     code = 1
     try:
         CHANNEL["local"] = []
-        _send({"op": "begin"})
-        first = _read_reply()
+        try:
+            _send({"op": "begin"})
+            first = _read_reply()
+        except (SolutionGone, BrokenPipeError):
+            code = GONE_AT_LOAD
+            return
         if "load_error" in first:
             print(f"the solution failed before the test: {first['load_error']}", file=sys.stderr)
             code = LOAD_MEMORY if str(first["load_error"]).startswith("MemoryError") else LOAD_ERROR

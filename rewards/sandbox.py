@@ -40,7 +40,8 @@ log = logging.getLogger("slipstream.rewards")
 STARTUP_ALLOWANCE_S = 5.0  # kept for the config check: a reward's limit must cover wall_seconds + this
 MAX_PROCESSES = 32  # RLIMIT_NPROC of a box
 CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # soft CPU limit, or the hard one (soft + 1 s)
-EXIT_GRACE_S = 0.5  # a box whose case is over may take this long to exit by itself before it is killed
+EXIT_GRACE_S = 0.5
+GONE_AT_LOAD = 9  # the test box's exit status when the solution's box ended before serving a case (_sandbox_child)  # a box whose case is over may take this long to exit by itself before it is killed
 
 
 @dataclass
@@ -143,21 +144,22 @@ def _run_tests(cases: list[Case], limits: box.Limits, isolated: bool, scratch: s
         if time.monotonic() >= deadline:
             results.append(CaseResult("not_run"))
             continue
-        done, lost = _test_round(cases[len(results):], limits, isolated, scratch, deadline)
+        done, lost, at_load = _test_round(cases[len(results):], limits, isolated, scratch, deadline)
         results += done
         if lost is not None:  # the boxes ended inside a case: it gets their status, the rest a fresh pair
             results.append(lost)
-            if not done and lost.status not in ("wall_timeout", "output_limit"):  # died before any case ran
-                results += [CaseResult(lost.status, 0.0, lost.stderr_tail)] * (len(cases) - len(results))
+        if at_load:  # the code itself ends its box (exits, loops, ...) before serving a case: so would every pair
+            results += [CaseResult(lost.status, 0.0, lost.stderr_tail)] * (len(cases) - len(results))
     return results
 
 
 def _test_round(cases: list[Case], limits: box.Limits, isolated: bool, scratch: str,
-                deadline: float) -> tuple[list[CaseResult], Optional[CaseResult]]:
+                deadline: float) -> tuple[list[CaseResult], Optional[CaseResult], bool]:
     """Start a `solution` box (the code, run once; each case served by a fork of it) and a `test` box (each
     case's statements in a fork of its own, judged there: it sees the solution's objects as handles and gets
     plain values back). The verdicts come from the test box's fd 6, which nothing of the solution's can reach.
-    Returns the results of the cases judged, and the result of the one the boxes ended in (or None)."""
+    Returns the results of the cases judged, the result of the one the boxes ended in (or None), and whether the
+    solution's box ended before it served any case (the test box then exits with GONE_AT_LOAD)."""
     t0 = time.monotonic()
     pipes = {name: os.pipe() for name in ("requests", "answers", "sol_job", "test_job", "verdicts")}
     (req_r, req_w), (ans_r, ans_w) = pipes["requests"], pipes["answers"]
@@ -184,9 +186,10 @@ def _test_round(cases: list[Case], limits: box.Limits, isolated: bool, scratch: 
     tail = (_tail(test.err) + "\n" + _tail(solution.err)).strip()
     done = [CaseResult(v["status"], v["seconds"], tail) for v in verdicts.items]
     if len(done) == len(cases):
-        return done, None
+        return done, None, False
     seconds = time.monotonic() - t0 - sum(r.seconds for r in done)
-    return done, CaseResult(why or _failure([solution, test]), seconds, tail)
+    at_load = why is None and not test.killed and test.proc.returncode == GONE_AT_LOAD
+    return done, CaseResult(why or _failure([solution, test]), seconds, tail), at_load
 
 
 class _Verdicts:

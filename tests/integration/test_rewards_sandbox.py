@@ -159,9 +159,21 @@ def test_each_assert_case_starts_from_the_loaded_solution_and_all_share_one_pair
 
 def test_a_case_that_kills_its_solution_process_costs_that_case_only():
     code = "import os\ndef add(a, b):\n    return a + b\ndef boom():\n    os._exit(3)\ndef spin():\n    while True:\n        pass\n"
+    code += "def huge():\n    return 'x' * 3_000_000\n"  # an answer over the 1 MiB a message may have
     run = run_cases([Case(code, test="assert add(1, 2) == 3"), Case(code, test="boom()"),
-                     Case(code, test="spin()"), Case(code, test="assert add(2, 2) == 4")], FAST)
-    assert statuses(run) == ["passed", "error", "cpu_limit", "passed"]
+                     Case(code, test="spin()"), Case(code, test="assert huge() == 0"),
+                     Case(code, test="assert add(2, 2) == 4")], FAST)
+    assert statuses(run) == ["passed", "error", "cpu_limit", "error", "passed"]
+
+
+def test_code_that_ends_its_box_at_load_fails_every_case_in_one_round(monkeypatch):
+    from rewards import box
+
+    starts = []
+    real_start = box.start
+    monkeypatch.setattr(box, "start", lambda role, *a, **k: starts.append(role) or real_start(role, *a, **k))
+    run = run_cases([Case("import os\nos._exit(0)", test="assert True")] * 4, FAST)
+    assert statuses(run) == ["error"] * 4 and len(starts) == 2
 
 
 def test_python_tests_without_tests_raises():
