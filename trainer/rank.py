@@ -99,6 +99,10 @@ class TrainerRank:
             from trainer.rendezvous import wait_for_rank0
 
             wait_for_rank0(master_addr, master_port, cfg.rendezvous_timeout_s, rank)
+        if not self.use_gpu:
+            # DeepSpeed's CPU backend would compile its shared-memory all-reduce op here (2.5 min on 2 cores, and
+            # again whenever two processes' compiler flags differ), which only its inference tensor parallelism uses
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if self.use_gpu else "gloo")
         self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
