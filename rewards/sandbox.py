@@ -40,8 +40,8 @@ log = logging.getLogger("slipstream.rewards")
 STARTUP_ALLOWANCE_S = 5.0  # kept for the config check: a reward's limit must cover wall_seconds + this
 MAX_PROCESSES = 32  # RLIMIT_NPROC of a box
 CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # soft CPU limit, or the hard one (soft + 1 s)
-EXIT_GRACE_S = 0.5
-GONE_AT_LOAD = 9  # the test box's exit status when the solution's box ended before serving a case (_sandbox_child)  # a box whose case is over may take this long to exit by itself before it is killed
+EXIT_GRACE_S = 0.5  # a box whose case is over may take this long to exit by itself before it is killed
+GONE_AT_LOAD = 9  # the test box's exit status when the solution's box ended before serving a case (_sandbox_child)
 
 
 @dataclass

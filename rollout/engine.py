@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 import os
@@ -90,17 +89,6 @@ class _Sequence:
                           tokenizer.decode(self.token_ids, skip_special_tokens=True),
                           "stop" if self.finish_reason == "stop" else "length",
                           token_versions(len(self.token_ids), self.start_version, self.switches))
-
-
-@functools.lru_cache(maxsize=256)
-def _sampling_params(n: int, temperature: float, top_p: float, seed: int | None, max_tokens: int):
-    """One SamplingParams per setting, shared by the requests that use it: vLLM clones it per request ("`params` may
-    be shared across prompts, requests and even engines by the caller", v1/engine/input_processor.py). Building one
-    per group cost about 3% of the rollout worker's CPU (py-spy)."""
-    from vllm import SamplingParams
-
-    return SamplingParams(n=n, temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens,
-                          **AsyncVllmEngine._sampling_kwargs(temperature))
 
 
 def engine_args(model_path: str, *, max_model_len: int, seed: int, dtype: str, gpu_memory_utilization: float,
@@ -198,12 +186,15 @@ class AsyncVllmEngine:
     async def _group(self, prompt_ids, n, max_new_tokens, temperature, top_p, seed) -> list[Completion]:
         """One vLLM request for the group's n samples (vLLM fans it out and prefills the prompt once); a sample
         aborted by a weight update continues as a request of its own."""
+        from vllm import SamplingParams
+
         await self._open.wait()  # not while weights change
         group_id = f"g{next(self._ids)}"
         seqs = [_Sequence(group_id if n == 1 else f"{i}_{group_id}", prompt_ids, max_new_tokens, self.version)
                 for i in range(n)]
         # seeded groups: vLLM derives each sample's seed from the group's, so a group repeats from one call to the next
-        params = _sampling_params(n, temperature, top_p, seed, max_new_tokens)
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_new_tokens,
+                                **self._sampling_kwargs(temperature))
         await self._request(group_id, prompt_ids, params, seqs)
         while any(s.aborted for s in seqs):  # abort mode: on under the new weights from the partial response
             self.counters["aborted"] += sum(s.aborted for s in seqs)
