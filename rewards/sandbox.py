@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from rewards import box
+from rewards._sandbox_child import GONE_AT_LOAD  # the test box's exit status: the code ended its box at load
 from rewards.config import SandboxConfig
 from rewards.schema import RewardError
 
@@ -41,7 +42,6 @@ STARTUP_ALLOWANCE_S = 5.0  # kept for the config check: a reward's limit must co
 MAX_PROCESSES = 32  # RLIMIT_NPROC of a box
 CPU_SIGNALS = (signal.SIGXCPU, signal.SIGKILL)  # soft CPU limit, or the hard one (soft + 1 s)
 EXIT_GRACE_S = 0.5  # a box whose case is over may take this long to exit by itself before it is killed
-GONE_AT_LOAD = 9  # the test box's exit status when the solution's box ended before serving a case (_sandbox_child)
 
 
 @dataclass

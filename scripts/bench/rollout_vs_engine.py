@@ -23,7 +23,7 @@ import os
 import statistics
 import time
 
-from two_sided import Drainer, report_side, run_side, write_result  # scripts/bench, beside this file
+from two_sided import Drainer, processes_named, report_side, run_side, write_result  # scripts/bench, beside this file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -109,17 +109,11 @@ async def cpu_seconds_between(pid: int, start: float, end: float) -> float:
 
 
 def actor_process(name: str = "ray::RolloutActor"):
-    import psutil
-
-    return next(p for p in psutil.process_iter(["cmdline"]) if name in " ".join(p.info["cmdline"] or []))
+    return processes_named((name,))[0]
 
 
-def ray_daemons() -> list:
-    import psutil
-
-    names = ("raylet", "gcs_server", "ray::DashboardAgent", "ray::RuntimeEnvAgent", "monitor.py", "log_monitor.py",
-             "dashboard.py", "ray::IDLE")
-    return [p for p in psutil.process_iter(["cmdline"]) if any(n in " ".join(p.info["cmdline"] or []) for n in names)]
+RAY_DAEMONS = ("raylet", "gcs_server", "ray::DashboardAgent", "ray::RuntimeEnvAgent", "monitor.py", "log_monitor.py",
+               "dashboard.py", "ray::IDLE")
 
 
 def cpu_of(procs: dict) -> dict:
@@ -172,7 +166,7 @@ def rollout_worker(args) -> dict:
             # the CPU the worker's side spends besides the engine core: the actor, the Redis server, this process
             # (the drainer standing in for the trainer), Ray's daemons
             procs = {"actor": [actor_process()], "redis": [psutil.Process(server.proc.pid)], "drainer": [psutil.Process()],
-                     "ray_daemons": ray_daemons()}
+                     "ray_daemons": processes_named(RAY_DAEMONS)}
             start_tokens, t0, cpu0 = buffer.stats()["gen_tokens"], time.perf_counter(), cpu_of(procs)
             start_groups = buffer.stats()["pushed"]
             time.sleep(args.seconds)

@@ -33,16 +33,19 @@ def wait_for_leftovers(timeout_s: float = 120.0) -> None:
     """Wait until the processes a side started (its engine core, Ray's workers and daemons, which
     `ray.shutdown()` does not wait for) are gone: on a small machine a dying engine's busy loop would
     otherwise run into the next side's window."""
-    import psutil
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        alive = [p for p in psutil.process_iter(["cmdline"])
-                 if any(name in " ".join(p.info["cmdline"] or []) for name in LEFTOVERS)]
-        if not alive:
+        if not processes_named(LEFTOVERS):
             return
         time.sleep(0.5)
     print(f"warning: processes of the last side still run after {timeout_s:g} s", flush=True)
+
+
+def processes_named(names: tuple[str, ...]) -> list:
+    """The psutil processes whose command line contains any of `names`."""
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"]) if any(n in " ".join(p.info["cmdline"] or []) for n in names)]
 
 
 def report_side(result: dict) -> None:

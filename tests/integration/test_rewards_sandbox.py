@@ -142,19 +142,24 @@ def test_assert_cases_keep_python_semantics_across_the_boxes():
     assert result.info["statuses"] == {"passed": 1, "error": 2}, result.info  # no change, no pass
 
 
-def test_each_assert_case_starts_from_the_loaded_solution_and_all_share_one_pair_of_boxes(monkeypatch):
-    """A case's changes to the solution's state never reach the next case (each runs in a fork of the loaded
-    solution), and a completion's assert cases cost two box start-ups, not two per case."""
+@pytest.fixture
+def box_starts(monkeypatch) -> list[str]:
+    """The role of every box started, in order (the real boxes still start)."""
     from rewards import box
 
-    starts = []
-    real_start = box.start
+    starts, real_start = [], box.start
     monkeypatch.setattr(box, "start", lambda role, *a, **k: starts.append(role) or real_start(role, *a, **k))
+    return starts
+
+
+def test_each_assert_case_starts_from_the_loaded_solution_and_all_share_one_pair_of_boxes(box_starts):
+    """A case's changes to the solution's state never reach the next case (each runs in a fork of the loaded
+    solution), and a completion's assert cases cost two box start-ups, not two per case."""
     code = "calls = []\ndef bump():\n    calls.append(1)\n    return len(calls)\n"
     result = python_tests("q", code, tests=["assert bump() == 1 and bump() == 2"] * 5 + ["assert bump() == 9"],
                           sandbox=FAST)
     assert result.info["statuses"] == {"passed": 5, "error": 1}, result.info
-    assert sorted(starts) == ["solution", "test"]
+    assert sorted(box_starts) == ["solution", "test"]
 
 
 def test_a_case_that_kills_its_solution_process_costs_that_case_only():
@@ -166,14 +171,9 @@ def test_a_case_that_kills_its_solution_process_costs_that_case_only():
     assert statuses(run) == ["passed", "error", "cpu_limit", "error", "passed"]
 
 
-def test_code_that_ends_its_box_at_load_fails_every_case_in_one_round(monkeypatch):
-    from rewards import box
-
-    starts = []
-    real_start = box.start
-    monkeypatch.setattr(box, "start", lambda role, *a, **k: starts.append(role) or real_start(role, *a, **k))
+def test_code_that_ends_its_box_at_load_fails_every_case_in_one_round(box_starts):
     run = run_cases([Case("import os\nos._exit(0)", test="assert True")] * 4, FAST)
-    assert statuses(run) == ["error"] * 4 and len(starts) == 2
+    assert statuses(run) == ["error"] * 4 and len(box_starts) == 2
 
 
 def test_python_tests_without_tests_raises():
