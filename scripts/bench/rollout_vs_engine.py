@@ -9,21 +9,35 @@ worker: the real `RolloutWorker` Ray actor (admission guard, prompt drawing, sam
         with per-token versions, reward scoring, Redis pushes) feeding a real embedded Redis, with this process
         popping and committing batches as fast as they come (a trainer that costs nothing), so only the worker's
         own overhead shows.
-Both count the response tokens of the groups that finish inside the same wall-clock window, after a warm-up,
-with the same CPU threads (OMP_NUM_THREADS = --cpus on both sides).
+Both count the response tokens of the groups that finish inside a wall-clock window, with the same CPU threads
+(OMP_NUM_THREADS = --cpus on both sides).
 
-    python scripts/bench/rollout_vs_engine.py [--model .cache/tiny-model] [--seconds 60] [--gpu]
+Two ways to pair the windows (each side runs in a child process of its own):
+- one after the other (the default): per round, a fresh bare side (start, --warmup-seconds, a window), then a fresh
+  worker side; the rounds alternate. On a shared VM the load drifts between two windows a minute apart by more than
+  the difference measured (one round's ratio moved by 0.3).
+- --interleaved: both sides start once and are held; in turn each is let through for a window of --seconds after
+  --ramp-seconds, then held until idle (bare: its feeders stop submitting; worker: its consumer stops, the buffer
+  fills and the admission guard holds the worker back, as a trainer that stops consuming would), so the two
+  windows of a round are seconds apart; the order alternates (bare-worker, worker-bare, ...). A held side still
+  costs a little (the worker: Ray's daemons, its guard polls; both: an idle engine core): `held_cpu_cores`.
+
+    python scripts/bench/rollout_vs_engine.py [--model .cache/tiny-model] [--seconds 60] [--gpu] [--interleaved]
 Writes docs/bench/rollout_vs_engine.json (or --out).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
+import threading
 import time
 
-from two_sided import Drainer, processes_named, report_side, run_side, write_result  # scripts/bench, beside this file
+import psutil
+from two_sided import (CpuMeter, Drainer, held_cores, interleave, processes_named, report_side, run_side,  # scripts/bench
+                       serve, write_result)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,144 +59,178 @@ def prompt_source(args):
     return addition_source(DataConfig(), TaskConfig(max_operands=args.max_operands), SourceContext(seed=args.seed))
 
 
-def bare_engine(args) -> dict:
-    """Tokens/s of AsyncLLM alone, with the worker's prompts, engine arguments and sampling settings."""
-    # the same threads as the worker actor gets: Ray sets OMP_NUM_THREADS to the actor's CPUs, and the worker
-    # keeps it (a first run without this compared 1 thread in the actor with 16 in this process on the GPU host)
-    os.environ["OMP_NUM_THREADS"] = str(int(args.cpus))
-    if not args.gpu:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    return asyncio.run(_bare(args))
+class BareSide:
+    """AsyncLLM alone, with the worker's prompts, engine arguments and sampling settings: --groups-in-flight
+    feeders, each submitting the next prompt the moment its last one finishes, while the side is let through."""
 
+    def __init__(self, args):
+        # the same threads as the worker actor gets: Ray sets OMP_NUM_THREADS to the actor's CPUs, and the worker
+        # keeps it (a first run without this compared 1 thread in the actor with 16 in this process on the GPU host)
+        os.environ["OMP_NUM_THREADS"] = str(int(args.cpus))
+        if not args.gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        self.args, self.live, self.window_at = args, 0, (float("inf"), float("inf"))
+        self.tokens = self.groups = 0
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self._call(self._start())
+        me = psutil.Process()
+        self.cpu = CpuMeter(lambda: {"client": [me], "engine_core": me.children(recursive=True)})
+        self.cpu.read()
 
-async def _bare(args) -> dict:
-    from transformers import AutoTokenizer
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-    from vllm.sampling_params import RequestOutputKind
-    from vllm.v1.engine.async_llm import AsyncLLM
+    def _call(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    from rollout.engine import engine_args
+    async def _start(self) -> None:
+        from transformers import AutoTokenizer
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.async_llm import AsyncLLM
 
-    cfg, model = rollout_config(args), os.path.abspath(args.model)
-    llm = AsyncLLM.from_engine_args(engine_args(
-        model, max_model_len=cfg.max_model_len, seed=args.seed, dtype=cfg.dtype, max_num_seqs=cfg.max_num_seqs,
-        gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
-        tensor_parallel_size=1, on_cpu=not args.gpu))
-    tokenizer, source = AutoTokenizer.from_pretrained(model), prompt_source(args)
-    params = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, logprobs=0,
-                            max_tokens=cfg.max_new_tokens, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
-    window = {"start": None, "end": None, "tokens": 0, "groups": 0}
-    ids = iter(range(10**9))
+        from rollout.engine import engine_args
 
-    async def keep_one_in_flight(stop_at: float) -> None:
-        while time.perf_counter() < stop_at:
-            prompt = TokensPrompt(prompt_token_ids=tokenizer.encode(source.next(1)[0].text, add_special_tokens=False))
-            async for out in llm.generate(prompt, params, request_id=f"b{next(ids)}"):
+        args, cfg, model = self.args, rollout_config(self.args), os.path.abspath(self.args.model)
+        self.llm = AsyncLLM.from_engine_args(engine_args(
+            model, max_model_len=cfg.max_model_len, seed=args.seed, dtype=cfg.dtype, max_num_seqs=cfg.max_num_seqs,
+            gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
+            tensor_parallel_size=1, on_cpu=not args.gpu))
+        self.tokenizer, self.source = AutoTokenizer.from_pretrained(model), prompt_source(args)
+        self.params = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, logprobs=0,
+                                     max_tokens=cfg.max_new_tokens, detokenize=False,
+                                     output_kind=RequestOutputKind.FINAL_ONLY)
+        self.go, self.ids = asyncio.Event(), iter(range(10**9))
+        self.feeders = [asyncio.ensure_future(self._feed()) for _ in range(cfg.groups_in_flight)]
+
+    async def _feed(self) -> None:
+        from vllm.inputs import TokensPrompt
+
+        while True:
+            await self.go.wait()
+            prompt = TokensPrompt(prompt_token_ids=self.tokenizer.encode(self.source.next(1)[0].text,
+                                                                         add_special_tokens=False))
+            self.live += 1
+            async for out in self.llm.generate(prompt, self.params, request_id=f"b{next(self.ids)}"):
                 final = out
-            now = time.perf_counter()
-            if window["start"] is not None and window["start"] <= now <= window["end"]:
-                window["tokens"] += sum(len(c.token_ids) for c in final.outputs)
-                window["groups"] += 1
+            self.live -= 1
+            if self.window_at[0] <= time.perf_counter() <= self.window_at[1]:
+                self.tokens += sum(len(c.token_ids) for c in final.outputs)
+                self.groups += 1
 
-    t0 = time.perf_counter()
-    warm_end = t0 + args.warmup_seconds
-    window["start"], window["end"] = warm_end, warm_end + args.seconds
-    cpu = asyncio.ensure_future(cpu_seconds_between(os.getpid(), warm_end, window["end"]))
-    await asyncio.gather(*(keep_one_in_flight(window["end"]) for _ in range(cfg.groups_in_flight)))
-    llm.shutdown()
-    return {"tokens": window["tokens"], "groups": window["groups"], "seconds": args.seconds,
-            "tokens_per_s": round(window["tokens"] / args.seconds, 1),
-            "client_cpu_ms_per_group": round(1000 * await cpu / max(window["groups"], 1), 3)}
+    def window(self, ramp_s: float, seconds: float) -> dict:
+        """Let the feeders through; count the groups that finish in `seconds` after `ramp_s`; hold them again."""
+        held = held_cores(self.cpu.read())
+        self.loop.call_soon_threadsafe(self.go.set)
+        time.sleep(ramp_s)
+        self.tokens = self.groups = 0
+        self.cpu.read()
+        t0 = time.perf_counter()
+        self.window_at = (t0, t0 + seconds)
+        time.sleep(seconds)
+        cpu, tokens, groups = self.cpu.read(), self.tokens, self.groups
+        self.loop.call_soon_threadsafe(self.go.clear)
+        while self.live:  # the requests in flight finish; no new one starts
+            time.sleep(0.05)
+        self.cpu.read()
+        return {"tokens": tokens, "groups": groups, "seconds": seconds, "tokens_per_s": round(tokens / seconds, 1),
+                "client_cpu_ms_per_group": round(1000 * cpu["client"] * cpu["seconds"] / max(groups, 1), 3),
+                "cores": cpu, "held_cpu_cores": held}
 
-
-async def cpu_seconds_between(pid: int, start: float, end: float) -> float:
-    """CPU seconds process `pid` (its threads, not its children) spends between two perf_counter times."""
-    import psutil
-
-    proc = psutil.Process(pid)
-    await asyncio.sleep(max(0.0, start - time.perf_counter()))
-    before = sum(proc.cpu_times()[:2])
-    await asyncio.sleep(max(0.0, end - time.perf_counter()))
-    return sum(proc.cpu_times()[:2]) - before
-
-
-def actor_process(name: str = "ray::RolloutActor"):
-    return processes_named((name,))[0]
+    def close(self) -> dict:
+        for f in self.feeders:
+            self.loop.call_soon_threadsafe(f.cancel)
+        self.llm.shutdown()
+        return {}
 
 
 RAY_DAEMONS = ("raylet", "gcs_server", "ray::DashboardAgent", "ray::RuntimeEnvAgent", "monitor.py", "log_monitor.py",
                "dashboard.py", "ray::IDLE")
 
 
-def cpu_of(procs: dict) -> dict:
-    """CPU seconds (user + system) of each named list of processes; a process gone meanwhile counts 0."""
-    out = {}
-    for name, group in procs.items():
-        total = 0.0
-        for p in group:
-            try:
-                total += sum(p.cpu_times()[:2])
-            except Exception:  # noqa: BLE001 - exited
-                pass
-        out[name] = total
-    return out
+class WorkerSide:
+    """The real RolloutWorker Ray actor into a real embedded Redis, drained by a consumer that costs nothing while
+    the side is let through; held, the consumer stops, the buffer fills and the admission guard stops the worker
+    (what a trainer that stops consuming does)."""
 
+    def __init__(self, args):
+        import ray
 
-def rollout_worker(args) -> dict:
-    """Tokens/s of the real RolloutWorker actor into a real Redis, drained by a free consumer."""
-    import psutil
-    import ray
-
-    from buffer.api import BufferConfig, EmbeddedRedis, connect
-    from rewards import RewardConfig
-    from rollout.api import DataConfig, RolloutActor, TaskConfig
-
-    cfg = rollout_config(args)
-    groups_per_step = cfg.groups_in_flight
-    # Staleness never binds: this measures generation, not the admission guard's waiting.
-    buf_cfg = BufferConfig(eta=10**6, groups_per_step=groups_per_step, max_in_flight=4 * cfg.groups_in_flight,
-                           max_buffered=16 * cfg.groups_in_flight)
-    with EmbeddedRedis() as server:
+        from buffer.api import BufferConfig, EmbeddedRedis, connect
         from launcher.main import LOCAL_RAY_SYSTEM_CONFIG  # the Ray the job itself starts
+        from rewards import RewardConfig
+        from rollout.api import DataConfig, RolloutActor, TaskConfig
 
+        # held, the worker polls the admission guard every idle_sleep_s: 0.1 s (not 0.02) keeps what the held side
+        # costs the other side's windows small; a busy worker never sleeps on it
+        cfg = dataclasses.replace(rollout_config(args), idle_sleep_s=0.1)
+        self.groups_per_step = cfg.groups_in_flight
+        # Staleness never binds: this measures generation, not the admission guard's waiting. The buffer holds a
+        # few steps, so that a held side stops within a second of its consumer.
+        self.buf_cfg = BufferConfig(eta=10**6, groups_per_step=self.groups_per_step,
+                                    max_in_flight=4 * cfg.groups_in_flight, max_buffered=4 * cfg.groups_in_flight)
+        self.server = EmbeddedRedis().__enter__()
         ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=max(os.cpu_count() or 1, 2),
                  _system_config=LOCAL_RAY_SYSTEM_CONFIG)
+        self.buffer = connect(self.server.url, "bench", self.buf_cfg)
+        self.buffer.initialize(version=0)
+        actor = ray.remote(RolloutActor).options(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker,
+                                                  max_concurrency=4)
+        self.worker = actor.remote(0, os.path.abspath(args.model), cfg, DataConfig(),
+                                   TaskConfig(max_operands=args.max_operands),
+                                   self.buf_cfg, RewardConfig(), self.server.url, "bench", args.seed)
+        ray.get(self.worker.__ray_ready__.remote())  # engine started
+        self.run = self.worker.run.remote()
+        while self.buffer.stats()["gen_tokens"] == 0:  # the engine is up: the first group has landed
+            time.sleep(0.05)
+        self._wait_idle()
+        actor_proc, redis_proc = processes_named(("ray::RolloutActor",))[0], psutil.Process(self.server.proc.pid)
+        # the CPU the worker's side spends: the actor, its engine core, the Redis server, this process (the
+        # consumer standing in for the trainer), Ray's daemons
+        self.cpu = CpuMeter(lambda: {"actor": [actor_proc], "engine_core": actor_proc.children(recursive=True),
+                                     "redis": [redis_proc], "drainer": [psutil.Process()],
+                                     "ray_daemons": processes_named(RAY_DAEMONS)})
+        self.cpu.read()
+
+    def _wait_idle(self) -> None:
+        """Until the worker has stopped pushing (the guard holds it back; its last groups have landed)."""
+        last = -1
+        while (now := self.buffer.stats()["gen_tokens"]) != last:
+            last = now
+            time.sleep(0.5)
+
+    def window(self, ramp_s: float, seconds: float) -> dict:
+        held = held_cores(self.cpu.read())
+        drainer = Drainer(self.buffer, self.groups_per_step)
+        time.sleep(ramp_s)
+        self.cpu.read()
+        stats0, t0 = self.buffer.stats(), time.perf_counter()
+        time.sleep(seconds)
+        stats1, elapsed, cpu = self.buffer.stats(), time.perf_counter() - t0, self.cpu.read()
+        drainer.stop()
+        self._wait_idle()
+        self.cpu.read()
+        tokens, groups = stats1["gen_tokens"] - stats0["gen_tokens"], stats1["pushed"] - stats0["pushed"]
+        per_group = 1000 * cpu["seconds"] / max(groups, 1)  # ms of CPU per finished group, per core used
+        return {"tokens": tokens, "seconds": round(elapsed, 2), "tokens_per_s": round(tokens / elapsed, 1),
+                "groups": groups, "client_cpu_ms_per_group": round(cpu["actor"] * per_group, 3),
+                "side_cpu_ms_per_group": {k: round(v * per_group, 3) for k, v in cpu.items()
+                                          if k not in ("engine_core", "seconds", "waiting")},
+                "cores": cpu, "held_cpu_cores": held}
+
+    def close(self) -> dict:
+        import ray
+
         try:
-            buffer = connect(server.url, "bench", buf_cfg)
-            buffer.initialize(version=0)
-            actor = ray.remote(RolloutActor).options(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker,
-                                                      max_concurrency=4)
-            worker = actor.remote(0, os.path.abspath(args.model), cfg, DataConfig(),
-                                  TaskConfig(max_operands=args.max_operands),
-                                  buf_cfg, RewardConfig(), server.url, "bench", args.seed)
-            ray.get(worker.__ray_ready__.remote())  # engine started
-            drainer = Drainer(buffer, groups_per_step)
-            run = worker.run.remote()
-            while buffer.stats()["gen_tokens"] == 0:  # the engine is up: the first group has landed
-                time.sleep(0.05)
-            time.sleep(args.warmup_seconds)
-            # the CPU the worker's side spends besides the engine core: the actor, the Redis server, this process
-            # (the drainer standing in for the trainer), Ray's daemons
-            procs = {"actor": [actor_process()], "redis": [psutil.Process(server.proc.pid)], "drainer": [psutil.Process()],
-                     "ray_daemons": processes_named(RAY_DAEMONS)}
-            start_tokens, t0, cpu0 = buffer.stats()["gen_tokens"], time.perf_counter(), cpu_of(procs)
-            start_groups = buffer.stats()["pushed"]
-            time.sleep(args.seconds)
-            tokens, seconds = buffer.stats()["gen_tokens"] - start_tokens, time.perf_counter() - t0
-            cpu_by = {k: v - cpu0[k] for k, v in cpu_of(procs).items()}
-            cpu, groups = cpu_by["actor"], buffer.stats()["pushed"] - start_groups
-            ray.get(worker.stop.remote())
-            counters = ray.get(run)
-            drainer.stop()
+            ray.get(self.worker.stop.remote(), timeout=60)
+            counters = ray.get(self.run, timeout=120)
         finally:
             ray.shutdown()
-    return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
-            "groups": groups, "client_cpu_ms_per_group": round(1000 * cpu / max(groups, 1), 3),
-            "side_cpu_ms_per_group": {k: round(1000 * v / max(groups, 1), 3) for k, v in cpu_by.items()},
-            "worker_counters": {k: counters[k] for k in ("groups", "samples", "tokens", "gen_seconds",
-                                                         "engine_idle_s")}}
+            self.server.__exit__(None, None, None)
+        return {"worker_counters": {k: counters[k] for k in ("groups", "samples", "tokens", "gen_seconds",
+                                                              "engine_idle_s")}}
+
+
+SIDES = {"bare": BareSide, "worker": WorkerSide}
 
 
 def main() -> None:
@@ -202,19 +250,34 @@ def main() -> None:
                     "threads")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rounds", type=int, default=1, help="bare then worker, this many times; the median ratio")
+    ap.add_argument("--rounds", type=int, default=1, help="pairs of windows; the median ratio")
+    ap.add_argument("--interleaved", action="store_true", help="both sides up at once, let through in turn for "
+                    "--seconds each after --ramp-seconds (one start each); else one after the other, a fresh start "
+                    "each round")
+    ap.add_argument("--ramp-seconds", type=float, default=3.0, help="interleaved: from a side's release to its window")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench", "rollout_vs_engine.json"))
-    ap.add_argument("--only", choices=("bare", "worker"), help=argparse.SUPPRESS)  # one side, in a child process
+    ap.add_argument("--only", choices=tuple(SIDES), help=argparse.SUPPRESS)  # one side, in a child process
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # ... that windows on command
     args = ap.parse_args()
     if args.only:
-        report_side((bare_engine if args.only == "bare" else rollout_worker)(args))
+        side = SIDES[args.only](args)
+        if args.serve:
+            serve(side)
+        else:
+            report_side({**side.window(args.warmup_seconds, args.seconds), **side.close()})
         return
-    # sides alternate, --rounds times: on a shared machine the load drifts between one window and the next
-    rounds = [{side: run_side(__file__, side) for side in ("bare", "worker")} for _ in range(args.rounds)]
+    if args.interleaved:
+        *rounds, closed = interleave(__file__, ("bare", "worker"), args.rounds, args.warmup_seconds,
+                                     args.ramp_seconds, args.seconds)
+        extra = {"closed": closed["closed"]}
+    else:  # sides alternate, --rounds times: on a shared machine the load drifts between one window and the next
+        rounds, extra = [{side: run_side(__file__, side) for side in ("bare", "worker")} for _ in range(args.rounds)], {}
     ratios = sorted(r["worker"]["tokens_per_s"] / r["bare"]["tokens_per_s"] for r in rounds)
+    total = {s: sum(r[s]["tokens_per_s"] for r in rounds) for s in ("bare", "worker")}
     write_result(args.out, args, args.gpu, bare_engine=rounds[-1]["bare"], rollout_worker=rounds[-1]["worker"],
                  rounds=rounds, ratios=[round(x, 3) for x in ratios],
-                 worker_over_bare=round(statistics.median(ratios), 3), worker_over_bare_worst=round(ratios[0], 3))
+                 worker_over_bare=round(statistics.median(ratios), 3), worker_over_bare_worst=round(ratios[0], 3),
+                 worker_over_bare_pooled=round(total["worker"] / total["bare"], 3), **extra)
 
 
 if __name__ == "__main__":

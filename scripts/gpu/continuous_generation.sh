@@ -4,6 +4,7 @@
 # log.txt and its JSON under $OUT:
 #   bench            the rollout worker vs the bare AsyncLLM engine, random model of Qwen2.5-0.5B's shape
 #                    (scripts/gpu/make_random_model.py), <= 512 new tokens (EOS about once per 96 tokens: long-tailed)
+#   bench_interleaved the same, both sides up at once and let through in turn (--interleaved: adjacent windows)
 #   sync_async LIST  scripts/bench/sync_vs_async.py on that model, rollout worker and trainer rank sharing the GPU
 #                    (0.35 / 0.5 of it); LIST is its --settings, e.g. 0:keep,2:keep,2:abort
 set -u
@@ -17,6 +18,10 @@ if [ "$stage" = bench ]; then
   step bench timeout 560 python scripts/bench/rollout_vs_engine.py --gpu --cpus 4 --model $MODEL \
     --max-new-tokens 512 --max-model-len 576 --groups-in-flight 64 --seconds 45 --warmup-seconds 15 \
     --gpu-memory-utilization 0.4 --dtype bfloat16 --out "$OUT/rollout_vs_engine_0.5b.json"
+elif [ "$stage" = bench_interleaved ]; then
+  step bench timeout 560 python scripts/bench/rollout_vs_engine.py --gpu --cpus 4 --model $MODEL \
+    --max-new-tokens 512 --max-model-len 576 --groups-in-flight 64 --seconds 20 --warmup-seconds 15 --rounds 6 \
+    --interleaved --gpu-memory-utilization 0.4 --dtype bfloat16 --out "$OUT/rollout_vs_engine_0.5b_interleaved.json"
 elif [ "$stage" = sync_async ]; then
   step sync_async timeout 570 python scripts/bench/sync_vs_async.py --gpu --preset cpu_demo --model $MODEL \
     --steps "${STEPS:-30}" --skip 5 --settings "$2" --out "$OUT/sync_vs_async_0.5b_${3:-a}.json" \
