@@ -172,10 +172,11 @@ def interleave(script: str, sides: tuple[str, str], rounds: int, warmup_s: float
     """Start both sides, give each one warm-up window, then `rounds` pairs of adjacent windows (their order
     alternating: A B, B A, ... so that a steady drift favours neither); returns [{side: window result}] per round,
     and each side's last RESULT under "closed"."""
-    procs = {s: SideProcess(script, s) for s in sides}
+    procs = {}
     try:
-        for p in procs.values():
-            p.wait_ready()
+        for s in sides:  # one after the other: two GPU engines sizing their memory at once could misjudge it
+            procs[s] = SideProcess(script, s)
+            procs[s].wait_ready()
         for p in procs.values():
             p.go(warmup_s, seconds)
         out = []
