@@ -191,12 +191,14 @@ class WorkerSide:
                                      "ray_daemons": processes_named(RAY_DAEMONS)})
         self.cpu.read()
 
-    def _wait_idle(self) -> None:
-        """Until the worker has stopped pushing (the guard holds it back; its last groups have landed)."""
-        last = -1
-        while (now := self.buffer.stats()["gen_tokens"]) != last:
-            last = now
-            time.sleep(0.5)
+    def _wait_idle(self, timeout_s: float = 300.0) -> None:
+        """Until the worker has no group in flight (the guard holds it back and its last groups have landed: a
+        quiet half second is not enough on the GPU, where a long sample runs for seconds between pushes)."""
+        deadline = time.monotonic() + timeout_s
+        while self.buffer.stats()["running"] > 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the held worker still has groups in flight after {timeout_s:g} s")
+            time.sleep(0.1)
 
     def window(self, ramp_s: float, seconds: float) -> dict:
         held = held_cores(self.cpu.read())

@@ -20,7 +20,7 @@ if [ "$stage" = bench ]; then
     --gpu-memory-utilization 0.4 --dtype bfloat16 --out "$OUT/rollout_vs_engine_0.5b.json"
 elif [ "$stage" = bench_interleaved ]; then
   step bench timeout 560 python scripts/bench/rollout_vs_engine.py --gpu --cpus 4 --model $MODEL \
-    --max-new-tokens 512 --max-model-len 576 --groups-in-flight 64 --seconds 20 --warmup-seconds 15 --rounds 6 \
+    --max-new-tokens 512 --max-model-len 576 --groups-in-flight 64 --seconds 15 --warmup-seconds 10 --rounds ${ROUNDS:-4} \
     --interleaved --gpu-memory-utilization 0.4 --dtype bfloat16 --out "$OUT/rollout_vs_engine_0.5b_interleaved.json"
 elif [ "$stage" = sync_async ]; then
   step sync_async timeout 570 python scripts/bench/sync_vs_async.py --gpu --preset cpu_demo --model $MODEL \
