@@ -74,13 +74,10 @@ class BareSide:
         self.tokens = self.groups = 0
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self._call(self._start())
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result()
         me = psutil.Process()
         self.cpu = CpuMeter(lambda: {"client": [me], "engine_core": me.children(recursive=True)})
         self.cpu.read()
-
-    def _call(self, coro, timeout: float | None = None):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self) -> None:
         from transformers import AutoTokenizer
@@ -269,9 +266,9 @@ def main() -> None:
             report_side({**side.window(args.warmup_seconds, args.seconds), **side.close()})
         return
     if args.interleaved:
-        *rounds, closed = interleave(__file__, ("bare", "worker"), args.rounds, args.warmup_seconds,
-                                     args.ramp_seconds, args.seconds)
-        extra = {"closed": closed["closed"]}
+        rounds, closed = interleave(__file__, ("bare", "worker"), args.rounds, args.warmup_seconds,
+                                    args.ramp_seconds, args.seconds)
+        extra = {"closed": closed}
     else:  # sides alternate, --rounds times: on a shared machine the load drifts between one window and the next
         rounds, extra = [{side: run_side(__file__, side) for side in ("bare", "worker")} for _ in range(args.rounds)], {}
     ratios = sorted(r["worker"]["tokens_per_s"] / r["bare"]["tokens_per_s"] for r in rounds)

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 
 def run_side(script: str, side: str) -> dict:
     """Run `script` with this process's arguments plus `--only side`; return the child's RESULT."""
-    proc = subprocess.run([sys.executable, os.path.abspath(script), *sys.argv[1:], "--only", side],
-                          capture_output=True, text=True)
+    proc = subprocess.run(side_command(script, side), capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"the {side} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -24,6 +25,11 @@ def run_side(script: str, side: str) -> dict:
     print(side, json.dumps(result), flush=True)
     wait_for_leftovers()
     return result
+
+
+def side_command(script: str, side: str, *extra: str) -> list[str]:
+    """`script` run again with this process's arguments, for one side."""
+    return [sys.executable, os.path.abspath(script), *sys.argv[1:], "--only", side, *extra]
 
 
 LEFTOVERS = ("VLLM::EngineCore", "ray::", "raylet", "gcs_server")  # what a side starts that outlives it a while
@@ -106,13 +112,10 @@ class SideProcess:
     `go RAMP SECONDS` line on its stdin with one RESULT line for that window, and `quit` with a last RESULT."""
 
     def __init__(self, script: str, side: str, start_timeout_s: float = 600.0):
-        import queue
-        import tempfile
-
         self.side, self._lines = side, queue.Queue()
         self._stderr = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(script), *sys.argv[1:], "--only", side, "--serve"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        self.proc = subprocess.Popen(side_command(script, side, "--serve"), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         threading.Thread(target=self._read, daemon=True).start()
         self._start_timeout_s = start_timeout_s
 
@@ -138,8 +141,6 @@ class SideProcess:
         return json.loads(self._expect("RESULT ", timeout_s)[len("RESULT "):])
 
     def _expect(self, prefix: str, timeout_s: float) -> str:
-        import queue
-
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -168,10 +169,10 @@ def serve(side) -> None:
 
 
 def interleave(script: str, sides: tuple[str, str], rounds: int, warmup_s: float, ramp_s: float,
-               seconds: float) -> list[dict]:
+               seconds: float) -> tuple[list[dict], dict]:
     """Start both sides, give each one warm-up window, then `rounds` pairs of adjacent windows (their order
     alternating: A B, B A, ... so that a steady drift favours neither); returns [{side: window result}] per round,
-    and each side's last RESULT under "closed"."""
+    and {side: its last RESULT}."""
     procs = {}
     try:
         for s in sides:  # one after the other: two GPU engines sizing their memory at once could misjudge it
@@ -190,7 +191,7 @@ def interleave(script: str, sides: tuple[str, str], rounds: int, warmup_s: float
             if p.proc.poll() is None:
                 p.proc.kill()
         wait_for_leftovers()
-    return out + [{"closed": closed}]
+    return out, closed
 
 
 class CpuMeter:
