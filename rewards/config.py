@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 FAILURE_POLICIES = ("fixed_score", "drop_group")
-RUN_IN = ("auto", "thread", "process")
+RUN_IN = ("auto", "inline", "thread", "process")
 
 
 @dataclass
@@ -32,7 +32,9 @@ class RewardSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     label: Optional[str] = None  # key in details and metrics; None: the name (a dotted path's function name)
     timeout_s: Optional[float] = None  # time limit of one call; None: RewardConfig.timeout_s
-    # "auto": a process-pool worker if the function is marked cpu_heavy, else a thread of the caller.
+    # "auto": a process-pool worker if the function is marked cpu_heavy, the caller's own thread if it is marked
+    # inline (returns in microseconds, cannot hang: exact_answer, length_penalty), else a watched thread of the caller.
+    # "inline" cannot be stopped: a call past timeout_s is still marked a timeout, but only once it returns.
     # "process" needs a function importable by module and name (not one defined inside another function).
     run_in: str = "auto"
 

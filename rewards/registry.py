@@ -7,7 +7,8 @@ A spec names a reward in one of three ways, tried in this order:
    plugin's pyproject.toml: `[project.entry-points."slipstream.rewards"] my_reward = "my_pkg.mod:fn"`.
 
 Traits are plain attributes on the function, so a third-party package can set them without importing
-Slipstream: `batched = True` (takes lists), `cpu_heavy = True` (run in the process pool),
+Slipstream: `batched = True` (takes lists), `cpu_heavy = True` (run in the process pool), `inline = True`
+(returns in microseconds and cannot hang, e.g. a string comparison: called in the scorer's own thread, unwatched),
 `check_kwargs = f` (f(kwargs) raises ValueError on bad config kwargs, called at start-up).
 
 Invariant: `resolve_reward` fails at start-up (before any engine exists) with a RewardError that names the
@@ -30,7 +31,7 @@ REWARDS: Registry[RewardFn] = Registry("reward", "reward.rewards[].name", builti
                                        entry_point_group=ENTRY_POINT_GROUP, error=RewardError)
 
 
-def register(name: str, *, batched: bool = False, cpu_heavy: bool = False,
+def register(name: str, *, batched: bool = False, cpu_heavy: bool = False, inline: bool = False,
              check_kwargs: Optional[Callable[[dict], None]] = None) -> Callable[[RewardFn], RewardFn]:
     """Decorator: make `fn` resolvable as `name`. The flags become attributes of `fn` (see module doc)."""
     def wrap(fn: RewardFn) -> RewardFn:
@@ -39,6 +40,8 @@ def register(name: str, *, batched: bool = False, cpu_heavy: bool = False,
             fn.batched = True  # type: ignore[attr-defined]
         if cpu_heavy:
             fn.cpu_heavy = True  # type: ignore[attr-defined]
+        if inline:
+            fn.inline = True  # type: ignore[attr-defined]
         if check_kwargs is not None:
             fn.check_kwargs = check_kwargs  # type: ignore[attr-defined]
         return fn
@@ -81,6 +84,10 @@ def is_batched(fn: object) -> bool:
 
 def is_cpu_heavy(fn: object) -> bool:
     return getattr(fn, "cpu_heavy", False) is True
+
+
+def is_inline(fn: object) -> bool:
+    return getattr(fn, "inline", False) is True
 
 
 def is_async(fn: object) -> bool:

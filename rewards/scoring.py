@@ -11,7 +11,8 @@
 or entry point; signature; kwargs; labels; limits) and is what launcher validation calls before any engine.
 
 Where calls run: rewards marked cpu_heavy (math, python_tests) in a pool of `pool_workers` processes,
-started on first use; the others in a watched thread of this process; both at once. Sync rewards get
+started on first use; those marked inline (exact_answer, length_penalty: they cannot hang) in the calling thread,
+with no thread hand-off per call; the others in a watched thread of this process; all at once. Sync rewards get
 one call per sample, batched ones one call per `score_groups`, async ones run concurrently.
 
 Reward of a sample = sum(weight * score) over the configured rewards. If any of them fails (see
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 from rewards import registry
-from rewards.calls import Chunk, ThreadRunner
+from rewards.calls import Chunk, ThreadRunner, run_inline
 from rewards.config import FAILURE_POLICIES, RUN_IN, RewardConfig, RewardSpec
 from rewards.pool import ProcessPool
 from rewards.schema import CRASH, FAILURE_KINDS, NON_FINITE, GroupScore, GroupToScore, Outcome, RewardError, SampleScore
@@ -50,7 +51,8 @@ class ResolvedReward:
     kwargs: dict[str, Any]
     batched: bool
     is_async: bool
-    in_pool: bool  # run in the process pool (else a thread of the caller)
+    in_pool: bool  # run in the process pool
+    inline: bool  # run in the calling thread, unwatched (else, not in the pool, a watched thread of the caller)
     timeout_s: float
     wants_sandbox: bool  # declares a `sandbox` keyword: gets RewardConfig.sandbox
 
@@ -111,13 +113,16 @@ def _resolve_one(spec: RewardSpec, fn: Any, cfg: RewardConfig) -> ResolvedReward
         except (ValueError, TypeError) as e:
             problems.append(f"bad kwargs {kwargs}: {e}")
     in_pool = spec.run_in == "process" or (spec.run_in == "auto" and registry.is_cpu_heavy(fn))
+    inline = spec.run_in == "inline" or (spec.run_in == "auto" and registry.is_inline(fn) and not in_pool)
     if in_pool:
         problems += _check_sendable(fn)
+    if inline and registry.is_async(fn):
+        problems.append("run_in=inline is for plain functions; an async reward runs in a thread (run_in: thread)")
     if problems:
         raise RewardError("; ".join(problems))
     label = spec.label or spec.name.rpartition(":")[2].rpartition(".")[2]
     return ResolvedReward(label=label, spec=spec.name, fn=fn, weight=float(spec.weight), kwargs=kwargs,
-                          batched=registry.is_batched(fn), is_async=registry.is_async(fn), in_pool=in_pool,
+                          batched=registry.is_batched(fn), is_async=registry.is_async(fn), in_pool=in_pool, inline=inline,
                           timeout_s=float(timeout_s), wants_sandbox=registry.accepts_keyword(fn, "sandbox"))
 
 
@@ -219,11 +224,13 @@ class Scorer:
             for s, outcome in zip(sample_ids, outcomes):
                 table[r][s] = outcome
 
-        in_thread, in_pool = [], []
+        in_thread, in_pool, inline = [], [], []
         for r, reward in enumerate(self.rewards):
             chunks = self._chunks(r, reward, samples, targets)
-            (in_pool if reward.in_pool else in_thread).extend(chunks)
-        job = self._threads.start(in_thread)  # runs while the pool works
+            (in_pool if reward.in_pool else inline if reward.inline else in_thread).extend(chunks)
+        job = self._threads.start(in_thread)  # runs while the inline calls and the pool work
+        for chunk in inline:
+            run_inline(chunk, sink)
         if in_pool:
             if self._pool is None:
                 self._pool = ProcessPool(self.cfg.pool_workers)

@@ -78,9 +78,11 @@ class RolloutWorker:
         # (prompt, its tokens, samples, the source's cursor before its batch was drawn) to submit
         self._planned: deque[tuple[Prompt, list[int], int, dict | None]] = deque()
         self._recorded: dict | None = None  # the prompt cursor last recorded in the buffer
-        self._in_flight: dict[int, _GroupInFlight] = {}  # generating, by id(), in submission order
-        # their futures' callbacks put them here: a wait costs O(1), not a waiter on every future in flight
-        self._done: queue.SimpleQueue[_GroupInFlight] = queue.SimpleQueue()
+        self._in_flight: dict[object, _GroupInFlight] = {}  # generating, by their future, in submission order
+        # their futures' callbacks put the futures here: a wait costs O(1), not a waiter on every future in flight.
+        # The callback is the queue's own method, not a closure over the group: a group -> future -> callback ->
+        # group cycle would leave every group to the cyclic garbage collector (seconds of full collections a minute)
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._finished: list[_GroupInFlight] = []  # generated, waiting to be pushed together (_push_due)
         self._idle_since: float | None = None
         self.counters = {"groups": 0, "samples": 0, "tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0,
@@ -252,8 +254,9 @@ class RolloutWorker:
         while not self._done.empty():
             done.append(self._done.get_nowait())
         now = time.perf_counter()
-        for g in done:
-            if self._in_flight.pop(id(g), None) is not None:  # not one abandoned by an earlier run()
+        for future in done:
+            g = self._in_flight.pop(future, None)
+            if g is not None:  # not one abandoned by an earlier run()
                 g.finished_at = now
                 self._finished.append(g)
         self._fill()
@@ -304,8 +307,8 @@ class RolloutWorker:
             group = _GroupInFlight(prompt, ids, None, time.perf_counter(), drawn_at)
             group.future = self.engine.submit(ids, n=n, max_new_tokens=cfg.max_new_tokens,
                                               temperature=cfg.temperature, top_p=cfg.top_p)
-            self._in_flight[id(group)] = group
-            group.future.add_done_callback(lambda _, g=group: self._done.put(g))
+            self._in_flight[group.future] = group
+            group.future.add_done_callback(self._done.put)
         if unused:
             self.buffer.push([], released=unused, holder=self.holder)
 

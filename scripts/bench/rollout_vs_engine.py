@@ -10,7 +10,8 @@ worker: the real `RolloutWorker` Ray actor (admission guard, prompt drawing, sam
         popping and committing batches as fast as they come (a trainer that costs nothing), so only the worker's
         own overhead shows.
 Both count the response tokens of the groups that finish inside a wall-clock window, with the same CPU threads
-(OMP_NUM_THREADS = --cpus on both sides).
+(OMP_NUM_THREADS = --cpus on both sides), and both settle their heap once the engine is up (rollout.actor.settle_heap:
+the garbage collector tuned as the worker actor tunes it; --bare-heap default leaves the bare side's untouched).
 
 Two ways to pair the windows (each side runs in a child process of its own):
 - one after the other (the default): per round, a fresh bare side (start, --warmup-seconds, a window), then a fresh
@@ -75,6 +76,13 @@ class BareSide:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result()
+        # the worker actor settles its heap once its engine is up (rollout.actor.settle_heap: frozen, fewer young
+        # collections); so does this side by default, so that the ratio shows the worker's own work, not Python's
+        # collector (--bare-heap default: AsyncLLM as an embedding program gets it, collector untouched)
+        if args.bare_heap == "settled":
+            from rollout.actor import settle_heap
+
+            settle_heap()
         me = psutil.Process()
         self.cpu = CpuMeter(lambda: {"client": [me], "engine_core": me.children(recursive=True)})
         self.cpu.read()
@@ -253,6 +261,8 @@ def main() -> None:
     ap.add_argument("--interleaved", action="store_true", help="both sides up at once, let through in turn for "
                     "--seconds each after --ramp-seconds (one start each); else one after the other, a fresh start "
                     "each round")
+    ap.add_argument("--bare-heap", choices=("settled", "default"), default="settled", help="the bare side's "
+                    "garbage collector: tuned as the worker actor's (rollout.actor.settle_heap), or Python's default")
     ap.add_argument("--ramp-seconds", type=float, default=3.0, help="interleaved: from a side's release to its window")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench", "rollout_vs_engine.json"))
     ap.add_argument("--only", choices=tuple(SIDES), help=argparse.SUPPRESS)  # one side, in a child process

@@ -55,6 +55,14 @@ def sleeps(prompt, completion, **fields):
 
 def huge(prompt, completion, **fields):
     return 1e308
+
+def where(prompt, completion, **fields):  # the thread it runs in
+    import threading
+    return float(threading.get_ident())
+
+def slow(prompt, completion, **fields):
+    time.sleep(0.3)
+    return 1.0
 '''
 
 
@@ -154,6 +162,38 @@ def test_a_hung_reward_does_not_hold_up_the_rest(mod):
     assert time.monotonic() - t0 < 2.0
     assert [s.failure for s in group.samples] == ["timeout", None, None, None]
     assert scorer.counters()["abandoned_threads"] == 1
+
+
+def test_inline_rewards_run_in_the_calling_thread_and_the_others_in_a_watched_one(mod):
+    import threading
+
+    scorer = scorer_for(RewardSpec(f"{mod}:where", run_in="inline", label="inline"),
+                        RewardSpec(f"{mod}:where", label="thread"))
+    [group] = scorer.score_groups([("q", ["a", "b"], {})])
+    scores = [s.details["scores"] for s in group.samples]
+    assert {d["inline"] for d in scores} == {float(threading.get_ident())}
+    assert threading.get_ident() not in {d["thread"] for d in scores}
+    assert [r.inline for r in scorer.rewards] == [True, False]
+
+
+def test_auto_runs_the_builtins_registered_inline_in_the_calling_thread():
+    scorer = scorer_for(RewardSpec("exact_answer"), RewardSpec("length_penalty", kwargs={"max_len": 8, "buffer": 2}),
+                        RewardSpec("format", kwargs={"pattern": "x"}))
+    assert [(r.inline, r.in_pool) for r in scorer.rewards] == [(True, False), (True, False), (False, False)]
+    [group] = scorer.score_groups([("q", ["7"], {"answer": "07"}, [{"response_tokens": 7}])])
+    assert group.samples[0].details["scores"] == {"exact_answer": 1.0, "length_penalty": -0.5, "format": 0.0,
+                                                  "format/pattern": 0.0}
+
+
+def test_an_inline_call_past_its_limit_is_a_timeout_once_it_returns(mod):
+    scorer = scorer_for(RewardSpec(f"{mod}:slow", run_in="inline", timeout_s=0.1))
+    [group] = scorer.score_groups([("q", ["a"], {})])
+    assert group.samples[0].failure == "timeout" and scorer.counters()["abandoned_threads"] == 0
+
+
+def test_an_async_reward_cannot_run_inline(mod):
+    with pytest.raises(RewardError, match="run_in=inline is for plain functions"):
+        scorer_for(RewardSpec(f"{mod}:async_exact", run_in="inline"))
 
 
 def test_weighted_sum_that_overflows_is_non_finite(mod):
