@@ -54,11 +54,10 @@ GC_YOUNG_THRESHOLD = 20_000  # Python's default, 700, ran ~90 young collections 
 def settle_heap() -> None:
     """Once the engine is up: what exists now (vLLM, torch, the tokenizer: ~600k objects) lives as long as the
     process, so it is frozen out of the cyclic collector's sight (a full collection over it took ~0.4 s of the
-    actor's threads, 22 a minute while each group made a reference cycle, long enough for the engine's requests to run
-    dry; vLLM's engine core and API server freeze theirs
-    the same way), and the young generation collects after GC_YOUNG_THRESHOLD net allocations instead of 700: a
-    request's objects die by reference count long before that, so a collection almost never runs (measured: one in
-    a minute of generation instead of ~4,000, ~0.04 cores)."""
+    actor's threads, 22 a minute while each group made a reference cycle: long enough for the engine's requests to
+    run dry; vLLM's engine core and API server freeze theirs the same way), and the young generation collects after
+    GC_YOUNG_THRESHOLD net allocations instead of 700: a request's objects die by reference count long before that,
+    so a collection almost never runs (measured: one in a minute of generation instead of ~4,000, ~0.04 cores)."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
