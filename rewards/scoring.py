@@ -123,7 +123,8 @@ def _resolve_one(spec: RewardSpec, fn: Any, cfg: RewardConfig) -> ResolvedReward
     label = spec.label or spec.name.rpartition(":")[2].rpartition(".")[2]
     return ResolvedReward(label=label, spec=spec.name, fn=fn, weight=float(spec.weight), kwargs=kwargs,
                           batched=registry.is_batched(fn), is_async=registry.is_async(fn), in_pool=in_pool,
-                          inline=inline, timeout_s=float(timeout_s), wants_sandbox=registry.accepts_keyword(fn, "sandbox"))
+                          inline=inline, timeout_s=float(timeout_s),
+                          wants_sandbox=registry.accepts_keyword(fn, "sandbox"))
 
 
 def _check_sendable(fn: Any) -> list[str]:
