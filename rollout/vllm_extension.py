@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 
 log = logging.getLogger("vllm.slipstream")  # under vLLM's logger: its handler prints from the engine process
 
@@ -66,14 +67,16 @@ class _FinishedTracking(dict):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.finished: dict[str, int] = {}
+        # FIFO with O(1) eviction: a dict's `pop(next(iter(d)))` scans the holes earlier pops left at its front
+        # (17 us per finished request at the cap, measured: a few % of a 2-core CPU engine core, growing with time)
+        self.finished: OrderedDict[str, int] = OrderedDict()
 
     def pop(self, key, *default):
         state = super().pop(key, *default)
         if state is not None and hasattr(state, "output_token_ids"):
             self.finished[key] = len(state.output_token_ids)
             if len(self.finished) > self.CAP:
-                self.finished.pop(next(iter(self.finished)))
+                self.finished.popitem(last=False)
         return state
 
 
@@ -89,14 +92,14 @@ def _track_v2_finished(states) -> None:
     0-d GPU tensor (read only when asked: no synchronisation inside the step loop) beside its prompt length."""
     if hasattr(states, "slipstream_finished"):
         return
-    remove, finished = states.remove_request, {}
+    remove, finished = states.remove_request, OrderedDict()  # O(1) eviction, as _FinishedTracking
 
     def remove_request(req_id: str):
         row = states.req_id_to_index.get(req_id)
         if row is not None:
             finished[req_id] = (states.total_len.gpu[row].clone(), int(states.prompt_len.np[row]))
             if len(finished) > _FinishedTracking.CAP:
-                finished.pop(next(iter(finished)))
+                finished.popitem(last=False)
         return remove(req_id)
 
     states.remove_request, states.slipstream_finished = remove_request, finished
