@@ -59,6 +59,14 @@ class _Counted:
             yield item
 
 
+def _remember(record: OrderedDict, key: str, value) -> None:
+    """Add to a FIFO record of finished requests, forgetting the oldest beyond _FinishedTracking.CAP: in O(1) (a
+    dict's `pop(next(iter(d)))` scans the holes earlier pops left at its front: scripts/bench/fifo_eviction.py)."""
+    record[key] = value
+    if len(record) > _FinishedTracking.CAP:
+        record.popitem(last=False)
+
+
 class _FinishedTracking(dict):
     """The model runner's request states, remembering how many tokens each request had sampled when it left (the
     runner drops a finished request only at its next step, and a paused engine must account for those too)."""
@@ -67,16 +75,12 @@ class _FinishedTracking(dict):
 
     def __init__(self, *args):
         super().__init__(*args)
-        # FIFO with O(1) eviction: a dict's `pop(next(iter(d)))` scans the holes earlier pops left at its front
-        # (17 us per finished request at the cap, measured: a few % of a 2-core CPU engine core, growing with time)
-        self.finished: OrderedDict[str, int] = OrderedDict()
+        self.finished: OrderedDict[str, int] = OrderedDict()  # filled by _remember
 
     def pop(self, key, *default):
         state = super().pop(key, *default)
         if state is not None and hasattr(state, "output_token_ids"):
-            self.finished[key] = len(state.output_token_ids)
-            if len(self.finished) > self.CAP:
-                self.finished.popitem(last=False)
+            _remember(self.finished, key, len(state.output_token_ids))
         return state
 
 
@@ -92,14 +96,12 @@ def _track_v2_finished(states) -> None:
     0-d GPU tensor (read only when asked: no synchronisation inside the step loop) beside its prompt length."""
     if hasattr(states, "slipstream_finished"):
         return
-    remove, finished = states.remove_request, OrderedDict()  # O(1) eviction, as _FinishedTracking
+    remove, finished = states.remove_request, OrderedDict()
 
     def remove_request(req_id: str):
         row = states.req_id_to_index.get(req_id)
         if row is not None:
-            finished[req_id] = (states.total_len.gpu[row].clone(), int(states.prompt_len.np[row]))
-            if len(finished) > _FinishedTracking.CAP:
-                finished.popitem(last=False)
+            _remember(finished, req_id, (states.total_len.gpu[row].clone(), int(states.prompt_len.np[row])))
         return remove(req_id)
 
     states.remove_request, states.slipstream_finished = remove_request, finished
