@@ -40,6 +40,9 @@ class LossStats:
     behaviour_weight_mean: float  # mean importance weight towards the behaviour policy over counted tokens
     masked_fraction: float  # share of response tokens dropped by the behaviour-weight cap
     approx_kl: float  # mean (log pi_centre - log pi_theta) over counted tokens, a cheap drift gauge
+    # how many tokens the three means over counted tokens are over (None: every response token); the trainer
+    # weighs micro-batches and ranks by it, so a step's means are over all its counted tokens
+    counted_tokens: int | None = None
 
 
 @dataclass
@@ -97,6 +100,7 @@ def _finish(surrogate, took_clip, keep, weight, logp, centre, mask, behaviour_we
             behaviour_weight_mean=float(torch.where(keep, behaviour_weight, 0.0).sum()) / n_keep,
             masked_fraction=(1.0 - int(keep.sum()) / n_mask) if n_mask else 0.0,
             approx_kl=float(torch.where(keep, centre.detach() - logp, 0.0).sum()) / n_keep,
+            counted_tokens=int(keep.sum()),
         )
     return per_token, stats
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 # additive over ranks.
 UPDATE_STATS = ("loss", "clip_fraction", "behaviour_weight_mean", "masked_fraction", "approx_kl", "logprob_gap",
                 "entropy", "kl_ref")
+# ... of which the loss's means over its counted tokens (trainer/losses.py LossStats), weighted by those tokens
+COUNTED_MEANS = ("clip_fraction", "behaviour_weight_mean", "approx_kl")
 
 
 @dataclass

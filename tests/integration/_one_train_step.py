@@ -24,7 +24,9 @@ from trainer.api import TrainerConfig, TrainerRank, make_policy_loss  # noqa: E4
 
 
 def groups(vocab: int) -> list[bytes]:
-    """4 prompts x 3 samples of random tokens, mixed rewards, behaviour log-probs slightly off-policy."""
+    """4 prompts x 3 samples of random tokens, mixed rewards, behaviour log-probs slightly off-policy; the first
+    token of each group's first sample is far off-policy (mu = e^-30), so that decoupled PPO's cap on the behaviour
+    weight masks tokens whatever the model (counted tokens then differ from response tokens)."""
     rng = np.random.default_rng(0)
     out = []
     for g in range(4):
@@ -33,7 +35,10 @@ def groups(vocab: int) -> list[bytes]:
         for j in range(3):
             resp = rng.integers(1, vocab, size=2 + (g + j) % 4).astype(np.int32)
             reward = float((g + j) % 2)
-            samples.append(Sample(prompt, resp, rng.uniform(-4, -1, len(resp)).astype(np.float32),
+            behaviour_logp = rng.uniform(-4, -1, len(resp)).astype(np.float32)
+            if j == 0:
+                behaviour_logp[0] = -30.0
+            samples.append(Sample(prompt, resp, behaviour_logp,
                                   np.zeros(len(resp), np.int32), reward, "stop"))
         out.append(encode_group(Group(f"p{g}", "", samples)))
     return out

@@ -56,7 +56,9 @@ def test_the_staleness_bound_holds_over_many_updates_landing_mid_generation(vllm
                 assert batch.version - g.min_version <= eta
                 spanning += sum(len(set(s.token_versions.tolist())) > 1 for s in g.samples)
             buf.commit(batch)
-            time.sleep(0.3)  # the update takes a while, as a trainer's does: the worker generates meanwhile
+            # the update lands while the worker's requests decode, as a trainer's does while it generates; a fixed
+            # pause let every request finish first on a faster machine (and a differently built tiny model)
+            _wait_for_decoding(vllm_engine)
             # weights first, then the version
             worker.receive_weights(batch.version + 1, {"kind": "arrays", "arrays": noisy[step + 1]})
             buf.bump_version()
@@ -73,3 +75,12 @@ def test_the_staleness_bound_holds_over_many_updates_landing_mid_generation(vllm
     stats = buf.stats()
     assert stats["running"] == 0  # the stopped worker gave back the slots of the groups it left in the engine
     assert np.isfinite(stats["gen_tokens"])
+
+
+def _wait_for_decoding(engine, timeout_s: float = 10.0) -> None:
+    """Until the engine runs requests (the 12 groups still in flight, or the 4 the commit let in), then a few
+    decoding steps more: an update now lands mid-sequence."""
+    deadline = time.monotonic() + timeout_s
+    while engine.in_flight() == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)

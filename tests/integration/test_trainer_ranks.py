@@ -49,6 +49,9 @@ def test_two_ranks_compute_what_one_rank_computes(tiny_model_path, tmp_path, cfg
     single = one["result"]
     merged = merge_step_results([StepResult(**r["result"]) for r in two])
     assert {r["result"]["tokens"] for r in two} != {single["tokens"]}  # the batch really was split
+    # the cap on the behaviour weight dropped tokens (_one_train_step.groups): the means over counted tokens must
+    # be weighted by those, not by response tokens, for the split not to change them
+    assert 0 < single["masked_fraction"] < 0.5
     for key in STATS:
         assert getattr(merged, key) == pytest.approx(single[key], rel=1e-4, abs=1e-6), key
     assert merged.grad_norm == pytest.approx(single["grad_norm"], rel=1e-4)

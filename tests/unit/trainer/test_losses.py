@@ -194,6 +194,7 @@ def test_decoupled_ppo_loss_stats_by_hand():
     assert stats.clip_fraction == pytest.approx(2 / 3)
     # 1 - 3 kept / 4 response tokens = 0.25
     assert stats.masked_fraction == pytest.approx(0.25)
+    assert stats.counted_tokens == 3  # the means above are over the 3 kept tokens: the trainer weighs them by it
     # (2 + 1 + 1) / 3 = 4 / 3
     assert stats.behaviour_weight_mean == pytest.approx(4 / 3, rel=1e-6)
     # mean(prox - logp) over kept = (-ln 1.1 - ln 1.5 - ln 0.5) / 3 = -ln(1.1 * 1.5 * 0.5) / 3
@@ -263,7 +264,7 @@ def test_tis_truncates_behaviour_weight_at_cap_and_overflow_gives_cap_not_nan():
     per_token, stats = policy_loss("tis", logp, prox, _t([LN(0.4), LN(0.1), -100.0]), _t([1.0, 1.0, -1.0]),
                                    _t([True] * 3, dtype=torch.bool), params)
     torch.testing.assert_close(per_token, _t([-1.5, -2.0, 2.0]))
-    assert stats.masked_fraction == 0.0  # tis truncates, it drops nothing
+    assert stats.masked_fraction == 0.0 and stats.counted_tokens == 3  # tis truncates, it drops nothing
     # d(-w r A)/dlogp = -w r A: [-1.5, -2, 2], all finite
     per_token.sum().backward()
     torch.testing.assert_close(logp.grad, _t([-1.5, -2.0, 2.0]))
