@@ -93,14 +93,14 @@ def _finish(surrogate, took_clip, keep, weight, logp, centre, mask, behaviour_we
     """The per-token loss -w * surrogate on the kept tokens, and the statistics every loss reports."""
     per_token = -torch.where(keep, weight * surrogate, 0.0)  # [B, T]
     with torch.no_grad():
-        n_keep = max(int(keep.sum()), 1)
-        n_mask = int(mask.sum())
+        kept, n_mask = int(keep.sum()), int(mask.sum())
+        n_keep = max(kept, 1)
         stats = LossStats(
             clip_fraction=int((took_clip & keep).sum()) / n_keep,
             behaviour_weight_mean=float(torch.where(keep, behaviour_weight, 0.0).sum()) / n_keep,
-            masked_fraction=(1.0 - int(keep.sum()) / n_mask) if n_mask else 0.0,
+            masked_fraction=(1.0 - kept / n_mask) if n_mask else 0.0,
             approx_kl=float(torch.where(keep, centre.detach() - logp, 0.0).sum()) / n_keep,
-            counted_tokens=int(keep.sum()),
+            counted_tokens=kept,
         )
     return per_token, stats
 

@@ -326,7 +326,7 @@ class TrainerRank:
         ref_all = before["ref"][rows] if before["ref"] is not None else None
         adv_all = st.advantages[rows] if len(rows) else None
         totals, skipped = dict.fromkeys(UPDATE_STATS, 0.0), False
-        counted_sums = dict.fromkeys(COUNTED_MEANS + ("tokens",), 0.0)
+        counted_sums, counted_tokens = dict.fromkeys(COUNTED_MEANS, 0.0), 0
         slices = self._slices(len(batch.rewards))
         for n_mb, sl in enumerate(slices):
             mb = batch.select(sl)
@@ -360,12 +360,12 @@ class TrainerRank:
                         counted_sums[k] += v * counted
                     elif k != "counted_tokens":
                         totals[k] += v * share
-                counted_sums["tokens"] += counted
+                counted_tokens += counted
                 if prox_all is None:  # pi_prox from this pass; a separate forward's is measured over the batch
                     totals["logprob_gap"] += _gap_sum(prox, mb) / step_tokens
                 totals["loss"] += loss.item()
             skipped = backward_and_step(self.engine, loss, self.world_size, skipped, last=n_mb == len(slices) - 1)
-        totals |= self._counted_means(counted_sums, st.batch.rewards.device)
+        totals |= self._counted_means(counted_sums, counted_tokens, st.batch.rewards.device)
         if skipped:
             log.warning("rank %d: a loss was not finite on some rank; every rank skipped this optimizer step",
                         self.rank)
@@ -376,11 +376,11 @@ class TrainerRank:
             return totals, (before["grad_norms"], 0.0), grad_norm  # made by the separate forward (not timed apart)
         return totals, (torch.cat(proxy_norms) if proxy_norms else None, proxy_s), grad_norm
 
-    def _counted_means(self, sums: dict, device) -> dict:
+    def _counted_means(self, sums: dict, counted_tokens: int, device) -> dict:
         """The loss's means over counted tokens for the whole mini-batch, this rank's share: its sums over the
         mini-batch's counted tokens on every rank (which the cap on the behaviour weight makes unknown beforehand: one
         all-reduce of a number per optimizer step). A mean of micro-batch means would change with the split."""
-        counted = torch.tensor([sums.pop("tokens")], dtype=torch.float64, device=device)
+        counted = torch.tensor([counted_tokens], dtype=torch.float64, device=device)
         if self.world_size > 1:
             torch.distributed.all_reduce(counted)
         return {k: v / max(float(counted), 1.0) for k, v in sums.items()}
