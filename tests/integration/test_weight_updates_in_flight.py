@@ -39,12 +39,25 @@ def greedy(engine, ids, max_new=MAX_NEW):
     return [g[0] for g in engine.generate(ids, n=1, max_new_tokens=max_new, temperature=0.0)]
 
 
-def update_in_flight(engine, ids, new_weights):
-    """Greedy requests submitted, the update landed once they are decoding; returns (completions, old, new)."""
+def timed_greedy(engine, ids):
+    """greedy(), and the seconds it took: how long these requests decode on this machine under these weights."""
+    t0 = time.perf_counter()
+    out = greedy(engine, ids)
+    return out, time.perf_counter() - t0
+
+
+def land_mid_generation(engine, reference_s: float) -> None:
+    """Wait a third of the time the same requests took before: the update lands while they decode, on a fast machine
+    as on a slow one (a fixed 0.1 s outlasted all 24 requests on one)."""
+    time.sleep(reference_s / 3)
+    assert engine.in_flight() > 0, "the requests finished before the update: the test needs them running"
+
+
+def update_in_flight(engine, ids, new_weights, reference_s: float):
+    """Greedy requests submitted, the update landed while they decode; returns (completions, old, new)."""
     old = engine.version
     futures = [engine.submit(p, n=1, max_new_tokens=MAX_NEW, temperature=0.0) for p in ids]
-    time.sleep(0.1)
-    assert engine.in_flight() > 0, "the requests finished before the update: the test needs them running"
+    land_mid_generation(engine, reference_s)
     engine.load_weights(old + 1, new_weights)
     return [f.result(timeout=60)[0] for f in futures], old, old + 1
 
@@ -68,8 +81,8 @@ def test_an_update_lands_mid_sequence_and_tokens_carry_the_version_that_sampled_
     _, _, b = weights
     vllm_engine.mode = mode
     ids = prompts(vllm_engine)
-    under_a = greedy(vllm_engine, ids)
-    completions, old, new = update_in_flight(vllm_engine, ids, b)
+    under_a, reference_s = timed_greedy(vllm_engine, ids)
+    completions, old, new = update_in_flight(vllm_engine, ids, b, reference_s)
     olds = check_versions(completions, old, new)
     changed = 0
     for p, c, a, k in zip(ids, completions, under_a, olds):
@@ -88,8 +101,8 @@ def test_between_mode_lets_running_requests_finish_under_the_old_weights(vllm_en
     _, _, b = weights
     vllm_engine.mode = "between"
     ids = prompts(vllm_engine)
-    under_a = greedy(vllm_engine, ids)
-    completions, old, new = update_in_flight(vllm_engine, ids, b)
+    under_a, reference_s = timed_greedy(vllm_engine, ids)
+    completions, old, new = update_in_flight(vllm_engine, ids, b, reference_s)
     assert [c.token_ids.tolist() for c in completions] == [a.token_ids.tolist() for a in under_a]
     assert all(set(c.token_versions.tolist()) == {old} for c in completions)  # one version per sample
     after = greedy(vllm_engine, ids)
@@ -108,11 +121,12 @@ def test_behaviour_logprobs_are_those_the_sampler_drew_from_across_an_update(vll
     _, a, b = weights
     vllm_engine.mode = mode
     ids = prompts(vllm_engine)[:12]
-    old = vllm_engine.version
+    old, (_, reference_s) = vllm_engine.version, timed_greedy(vllm_engine, ids)
     futures = [vllm_engine.submit(p, n=1, max_new_tokens=MAX_NEW, temperature=1.0) for p in ids]
-    time.sleep(0.1)
+    land_mid_generation(vllm_engine, reference_s)
     vllm_engine.load_weights(old + 1, b)
     completions = [f.result(timeout=60)[0] for f in futures]
+    assert any(0 < (c.token_versions == old).sum() < len(c.token_ids) for c in completions), "none spans the update"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
     for version, w in ((old, a), (old + 1, b)):
         model.load_state_dict({**w, "lm_head.weight": w["model.embed_tokens.weight"]}, strict=False)
