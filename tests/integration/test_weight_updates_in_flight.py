@@ -121,7 +121,8 @@ def test_behaviour_logprobs_are_those_the_sampler_drew_from_across_an_update(vll
     _, a, b = weights
     vllm_engine.mode = mode
     ids = prompts(vllm_engine)[:12]
-    old, (_, reference_s) = vllm_engine.version, timed_greedy(vllm_engine, ids)
+    old = vllm_engine.version
+    _, reference_s = timed_greedy(vllm_engine, ids)
     futures = [vllm_engine.submit(p, n=1, max_new_tokens=MAX_NEW, temperature=1.0) for p in ids]
     land_mid_generation(vllm_engine, reference_s)
     vllm_engine.load_weights(old + 1, b)
