@@ -14,10 +14,13 @@ from rewards.registry import register
 from rewards.schema import RewardResult
 
 
+_INTEGER = re.compile(r"-?\d+")
+
+
 def normalize_answer(text: str) -> str:
     """Strip surrounding whitespace and leading zeros of an integer answer ('007' == '7')."""
     text = text.strip()
-    if re.fullmatch(r"-?\d+", text):
+    if _INTEGER.fullmatch(text):
         sign = "-" if text.startswith("-") else ""
         return sign + (text.lstrip("-").lstrip("0") or "0")
     return text

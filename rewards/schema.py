@@ -74,6 +74,10 @@ class GroupScore:
 
 def outcome_from_value(value: Any) -> Outcome:
     """Check what a reward function returned; never raises."""
+    if type(value) is float or type(value) is int:  # the common case (exact types: not bool, not a str subclass)
+        number = float(value)
+        if math.isfinite(number):
+            return Outcome(score=number)
     if isinstance(value, RewardResult):
         score, subs, info = value.score, value.sub_scores, value.info
     else:

@@ -41,7 +41,7 @@ import numpy as np
 
 from buffer.api import METRIC_COUNTERS, Buffer, BufferUnavailable, Group, PromptStatsStore, Sample
 from rollout.config import RolloutConfig
-from rollout.evaluation import summarize
+from rollout.worker_evaluation import WorkerEvaluation
 from rollout.prompts import Prompt
 from rollout.sampling_plan import plan_samples
 from rollout.weight_files import LOADED_ON_RECEIPT, check_weights, tensors_of
@@ -50,6 +50,9 @@ log = logging.getLogger("slipstream.rollout")
 LEASE_RENEW_S = 1.0  # buffer.lease_ttl_s must be several times this (buffer/config.py checks >= 5 s)
 PUSH_LINGER_S = 0.05  # how long a finished group may wait for others to share its push (see _push_due)
 BUFFER_OUTAGE_S = 120.0  # Redis unreachable for longer than this ends the worker's loop with the error
+# prompt pass statistics are written at most this often (and before the worker reads them): one round trip per push
+# would be ~15 a second on the CPU bench, each a wake-up of Redis and of this thread beside the engine core
+PROMPT_STATS_FLUSH_S = 0.5
 
 
 @dataclass
@@ -62,7 +65,7 @@ class _GroupInFlight:
     finished_at: float = 0.0  # when its last sample finished (it then waits for its push in _finished)
 
 
-class RolloutWorker:
+class RolloutWorker(WorkerEvaluation):
     def __init__(self, worker_id: int, cfg: RolloutConfig, *, engine, prompts, buffer: Buffer,
                  prompt_stats: PromptStatsStore, scorer, make_scorer=None):
         """engine: rollout.api.Engine; prompts: rollout.api.PromptSource; scorer: rewards.Scorer; make_scorer:
@@ -85,6 +88,8 @@ class RolloutWorker:
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._finished: list[_GroupInFlight] = []  # generated, waiting to be pushed together (_push_due)
         self._idle_since: float | None = None
+        self._outcomes: list[tuple[str, int, int]] = []  # (prompt id, attempts, passes) not yet in prompt_stats
+        self._outcomes_at = 0.0  # when they were last written
         self.counters = {"groups": 0, "samples": 0, "tokens": 0, "weight_loads": 0, "weight_load_seconds": 0.0,
                          "weight_load_failures": 0, "engine_errors": 0, "pilot_prompts": 0, "gen_seconds": 0.0,
                          "engine_idle_s": 0.0, "buffer_errors": 0,
@@ -133,45 +138,6 @@ class RolloutWorker:
                 **{f"engine/{k}": v for k, v in self.engine.stats().items()}, "version": self.version,
                 **{f"reward/{k}": v for k, v in self.scorer.counters().items()}}
 
-    def evaluate(self, prompts: list[dict], max_new_tokens: int, samples: int = 0) -> dict:
-        """Held-out success on prompts ({"text", "fields"}) with this engine's current weights: greedy, and with
-        `samples` > 0 also the mean success of that many samples per prompt at the rollout temperature (what RL
-        optimises: sharpening a distribution raises it before it flips any greedy answer)."""
-        self._apply_pending_weights()
-        with self.engine.hold_weights():  # both passes under the same weights; training requests run on beside
-            ids = [self.engine.encode(p["text"]) for p in prompts]
-            outs = self.engine.generate(ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
-            sampled = self.engine.generate(ids, n=samples, max_new_tokens=max_new_tokens,
-                                           temperature=self.cfg.temperature, seed=0) if samples else None
-            version = self.version
-        result = {"success": float(np.mean(self._rewards(self.scorer, prompts, outs))), "version": version,
-                  "n": len(prompts)}
-        if sampled is not None:
-            result["sampled_success"] = float(np.mean(self._rewards(self.scorer, prompts, sampled)))
-        return result
-
-    def evaluate_set(self, name: str, prompts: list[dict], reward=None, *, samples: int = 1, temperature: float = 0.0,
-                     max_new_tokens: int = 8, pass_threshold: float = 1.0) -> dict:
-        """mean@k and pass@k (k = samples) on an evaluation set, scored by its own rewards (a RewardConfig) or, with
-        reward None, the training ones. Sampled sets are seeded, so two evaluations of the same weights agree."""
-        if reward is not None and name not in self._eval_scorers:
-            self._eval_scorers[name] = self.make_scorer(reward)
-        scorer = self._eval_scorers.get(name, self.scorer)
-        self._apply_pending_weights()
-        with self.engine.hold_weights():
-            ids = [self.engine.encode(p["text"]) for p in prompts]
-            outs = self.engine.generate(ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                                        seed=0 if temperature > 0 else None)
-            version = self.version
-        return {**summarize(self._rewards(scorer, prompts, outs), samples, pass_threshold), "n": len(prompts),
-                "version": version}
-
-    @staticmethod
-    def _rewards(scorer, prompts: list[dict], outs) -> list[list[float]]:
-        """Each evaluation prompt's completions scored: their rewards, per prompt."""
-        scored = scorer.score_groups([(p["text"], [c.text for c in o], p["fields"]) for p, o in zip(prompts, outs)])
-        return [[s.reward for s in g.samples] for g in scored]
-
     def prompt_cursor(self) -> dict | None:
         """Where this worker's prompt source stands now (a data file's epoch and row, a task's random stream), or None
         for a source that keeps no state."""
@@ -217,6 +183,7 @@ class RolloutWorker:
         if self._finished:
             finished, self._finished = self._finished, []
             self._push(finished)
+        self._record_outcomes(force=True)
         # the groups still in the engine will not be pushed: their admission slots go back
         self.buffer.push([], released=len(self._in_flight), holder=self.holder)
         self._in_flight = {}
@@ -333,6 +300,7 @@ class RolloutWorker:
         cfg = self.cfg
         if cfg.max_pass_rate >= 1.0:
             return self.prompts.next(n)
+        self._record_outcomes(force=True)  # read this worker's own latest results too
         chosen: list[Prompt] = []
         for _ in range(20):  # bounded: if nearly everything is solved, train on what comes rather than spin
             candidates = self.prompts.next(n - len(chosen))
@@ -350,20 +318,31 @@ class RolloutWorker:
         """Samples per prompt for this call (uniform: group_size each; gvm: from the shared statistics)."""
         if self.cfg.allocation == "uniform":
             return [self.cfg.group_size] * len(prompts)
+        self._record_outcomes(force=True)
         stats = self.prompt_stats.get_stats([p.prompt_id for p in prompts])
         plan = plan_samples(stats, self.cfg.group_size, self.cfg.allocation, self.cfg.gvm)
         self.counters["pilot_prompts"] += plan.pilots
         return plan.counts
 
     def _filter(self, groups: list[Group]) -> list[Group]:
-        """Record per-prompt pass statistics for every scored group, then drop the groups without signal."""
-        self.prompt_stats.record([(g.prompt_id, len(g.samples), int((g.rewards >= self.cfg.pass_threshold).sum()))
-                                  for g in groups])
+        """Note per-prompt pass statistics for every scored group (_record_outcomes writes them), then drop the
+        groups without signal."""
+        self._outcomes += [(g.prompt_id, len(g.samples), int((g.rewards >= self.cfg.pass_threshold).sum()))
+                           for g in groups]
         if not self.cfg.drop_zero_variance_groups:
             return groups
         kept = [g for g in groups if len(set(g.rewards.tolist())) > 1]
         self.counters["filtered_zero_variance"] += len(groups) - len(kept)
         return kept
+
+    def _record_outcomes(self, force: bool = False) -> None:
+        """Write the noted pass statistics to prompt_stats, if PROMPT_STATS_FLUSH_S have passed (or `force`). Kept
+        for the next try if Redis is away; a worker that dies loses under a second of them (statistics, not
+        samples)."""
+        now = time.monotonic()
+        if self._outcomes and (force or now - self._outcomes_at >= PROMPT_STATS_FLUSH_S):
+            self.prompt_stats.record(self._outcomes)
+            self._outcomes, self._outcomes_at = [], now
 
     def _apply_pending_weights(self) -> None:
         from rollout.engine import WeightUpdateError
@@ -390,7 +369,7 @@ class RolloutWorker:
 
     def _push(self, finished: list[_GroupInFlight]) -> int:
         """Score the finished groups, record their statistics, push those with signal; returns how many."""
-        ok, scored = [], []
+        ok, scored, pushed = [], [], []
         for g in finished:
             try:
                 ok.append((g, g.future.result()))
@@ -405,6 +384,7 @@ class RolloutWorker:
             self._reported.update({k: self.counters[k] for k in METRIC_COUNTERS})
             self.buffer.push(pushed, released=len(finished) - len(pushed), holder=self.holder,
                              gen_tokens=sum(g.num_response_tokens for g in scored), counters=delta)
+        self._record_outcomes()
         return len(pushed)
 
     def _groups(self, finished: list[tuple[_GroupInFlight, list]]) -> list[Group]:
@@ -421,7 +401,8 @@ class RolloutWorker:
             self.counters["gen_seconds"] += seconds
             if score.drop:  # reward.on_failure=drop_group: its admission slot goes back
                 continue
-            samples = [Sample(prompt_ids=np.asarray(g.prompt_ids, np.int32), response_ids=c.token_ids,
+            prompt_ids = np.asarray(g.prompt_ids, np.int32)  # one array for the group: samples only read it
+            samples = [Sample(prompt_ids=prompt_ids, response_ids=c.token_ids,
                               behaviour_logprobs=c.logprobs, token_versions=c.token_versions,
                               reward=s.reward, finish_reason=c.finish_reason, reward_details=s.details,
                               gen_seconds=seconds)

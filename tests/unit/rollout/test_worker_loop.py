@@ -205,3 +205,20 @@ def test_a_restarted_worker_draws_again_every_prompt_its_dead_incarnation_did_no
     assert min(map(int, again)) == cursor["position"]  # it went on from the cursor, not from row 0
     for worker in (dead, restarted):  # the shared engine is left with nothing in flight
         wait([g.future for g in worker._in_flight.values()], timeout=60)
+
+
+def test_pass_statistics_are_written_in_batches_and_all_of_them_by_the_loops_end(vllm_engine, monkeypatch):
+    """The loop notes each scored group's (attempts, passes) and writes them at most every PROMPT_STATS_FLUSH_S
+    (one Redis round trip instead of one per push); stopping writes the rest: none is lost."""
+    import rollout.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "PROMPT_STATS_FLUSH_S", 3600.0)
+    prompts = [Prompt("one", "1+1=", {"answer": "2"}), Prompt("two", "2+2=", {"answer": "4"})]
+    worker, _ = make_worker(vllm_engine, prompts=ListSource(prompts))
+    worker._outcomes_at = time.monotonic()  # as if just written: the next write is an hour away
+    assert run_until(worker, 4) >= 4
+    assert [s.seen for s in worker.prompt_stats.get_stats(["one", "two"])] == [0, 0]  # noted, not written yet
+    worker.stop()
+    worker.run()  # stops at once, writing what it noted
+    stats = worker.prompt_stats.get_stats(["one", "two"])
+    assert sum(s.seen for s in stats) == worker.counters["samples"] and min(s.seen for s in stats) > 0
