@@ -41,10 +41,10 @@ import numpy as np
 
 from buffer.api import METRIC_COUNTERS, Buffer, BufferUnavailable, Group, PromptStatsStore, Sample
 from rollout.config import RolloutConfig
-from rollout.worker_evaluation import WorkerEvaluation
 from rollout.prompts import Prompt
 from rollout.sampling_plan import plan_samples
 from rollout.weight_files import LOADED_ON_RECEIPT, check_weights, tensors_of
+from rollout.worker_evaluation import WorkerEvaluation
 
 log = logging.getLogger("slipstream.rollout")
 LEASE_RENEW_S = 1.0  # buffer.lease_ttl_s must be several times this (buffer/config.py checks >= 5 s)
