@@ -70,7 +70,7 @@ def invoke(fn: Callable[..., Any], batched: bool, call: Call, size: int) -> list
     """Call a sync reward once; exceptions and bad values become failed Outcomes."""
     try:
         value = fn(call[0], call[1], **call[2])
-        if type(value) is not float and inspect.isawaitable(value):  # a sync-looking callable that returns a coroutine
+        if inspect.isawaitable(value):  # a sync-looking callable that returns a coroutine
             value = asyncio.run(_awaited(value))
     except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin may raise anything, even exit()
         return failed(EXCEPTION, f"{type(e).__name__}: {e}", size)

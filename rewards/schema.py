@@ -74,7 +74,7 @@ class GroupScore:
 
 def outcome_from_value(value: Any) -> Outcome:
     """Check what a reward function returned; never raises."""
-    if type(value) is float or type(value) is int:  # the common case (exact types: not bool, not a str subclass)
+    if type(value) is float or type(value) is int:  # the common case; bool, numpy scalars take the general path
         number = float(value)
         if math.isfinite(number):
             return Outcome(score=number)
