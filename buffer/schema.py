@@ -1,14 +1,16 @@
 """The sample/group schema: the one contract that `rollout/` and `trainer/` share.
 
 Wire format is msgpack with numpy arrays packed as (dtype, shape, bytes), never pickle: the buffer may be
-reachable over the network, and unpickling untrusted bytes executes code.
+reachable over the network, and unpickling untrusted bytes executes code. A group's samples travel as columns
+(encode_group): the prompt's tokens once, the per-token arrays of all samples concatenated.
 
 Invariants:
 - `decode_group` returns a valid Group or raises CorruptGroup (never another error): entries written by another
   version, truncated, or with the wrong dtypes, shapes or lengths are refused whole;
 - every response token has a behaviour log-prob and the policy version that produced it
   (`len(response_ids) == len(behaviour_logprobs) == len(token_versions)`);
-- a Group holds all samples drawn for one prompt in one allocation; GRPO-style advantages need all of them.
+- a Group holds all samples drawn for one prompt in one allocation (one prompt_ids for all of them); GRPO-style
+  advantages need all of them.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import math
 import msgpack
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: samples as columns (1: one map of packed arrays per sample)
 
 
 class CorruptGroup(ValueError):
@@ -77,8 +79,8 @@ def _pack_array(a: np.ndarray) -> dict:
     return {"d": a.dtype.str, "s": list(a.shape), "b": a.tobytes()}
 
 
-def _unpack_array(d: Any, key: str, name: str) -> np.ndarray:
-    want = _DTYPES[key]
+def _unpack_array(d: Any, name: str) -> np.ndarray:
+    want = _DTYPES[name]
     if not isinstance(d, dict) or not isinstance(d.get("d"), str) or not isinstance(d.get("b"), bytes):
         raise CorruptGroup(f"{name}: not a packed array")
     try:
@@ -95,27 +97,66 @@ def _unpack_array(d: Any, key: str, name: str) -> np.ndarray:
     return np.frombuffer(d["b"], dtype=dtype)
 
 
-_DTYPES = {"prompt_ids": np.dtype("<i4"), "response_ids": np.dtype("<i4"), "behaviour_logprobs": np.dtype("<f4"),
-           "token_versions": np.dtype("<i4")}
-_ARRAYS = tuple(_DTYPES)
+_DTYPES = {"prompt_ids": np.dtype("<i4"), "response_lengths": np.dtype("<i4"), "response_ids": np.dtype("<i4"),
+           "behaviour_logprobs": np.dtype("<f4"), "token_versions": np.dtype("<i4")}
+_TOKEN_ARRAYS = ("response_ids", "behaviour_logprobs", "token_versions")  # one value per response token
+_PER_SAMPLE = {"rewards": (int, float), "finish_reasons": str, "reward_details": dict, "gen_seconds": (int, float)}
+
+
+def _column(group: Group, name: str) -> np.ndarray:
+    arrays = [getattr(s, name) for s in group.samples]
+    if len(arrays) == 1:  # as it is: the decoder judges its dtype and shape
+        return arrays[0]
+    return np.concatenate(arrays) if arrays else np.zeros(0, _DTYPES[name])
 
 
 def encode_group(group: Group) -> bytes:
-    samples = []
-    for s in group.samples:
-        d = {k: _pack_array(getattr(s, k)) for k in _ARRAYS}
-        d.update(reward=float(s.reward), finish_reason=s.finish_reason,
-                 reward_details=s.reward_details, gen_seconds=float(s.gen_seconds))
-        samples.append(d)
+    """One msgpack map per group, its samples as columns: the prompt's tokens once, each per-token array of all
+    samples concatenated (with the response lengths to split them), one list per per-sample field. Per-sample
+    arrays would cost four packed arrays a sample on each side, and store the prompt once per sample."""
+    samples = group.samples
+    prompt = samples[0].prompt_ids if samples else np.zeros(0, np.int32)
+    if any(s.prompt_ids is not prompt and not np.array_equal(s.prompt_ids, prompt) for s in samples[1:]):
+        raise ValueError(f"group {group.prompt_id!r}: its samples have different prompt_ids; a group is the samples "
+                         f"of one prompt")
     return msgpack.packb(
-        {"v": SCHEMA_VERSION, "prompt_id": group.prompt_id, "prompt": group.prompt,
-         "worker_id": group.worker_id, "fields": group.fields, "samples": samples},
+        {"v": SCHEMA_VERSION, "prompt_id": group.prompt_id, "prompt": group.prompt, "worker_id": group.worker_id,
+         "fields": group.fields, "prompt_ids": _pack_array(prompt),
+         "response_lengths": _pack_array(np.array([len(s.response_ids) for s in samples], np.int32)),
+         **{k: _pack_array(_column(group, k)) for k in _TOKEN_ARRAYS},
+         "rewards": [float(s.reward) for s in samples], "finish_reasons": [s.finish_reason for s in samples],
+         "reward_details": [s.reward_details for s in samples], "gen_seconds": [float(s.gen_seconds) for s in samples]},
         use_bin_type=True,
     )
 
 
 def decode_group(data: bytes) -> Group:
     """The Group in `data`; CorruptGroup naming the first problem if it is not a valid one."""
+    d, arrays = _checked(data)
+    bounds = np.concatenate([[0], np.cumsum(arrays["response_lengths"])]).tolist()
+    tokens = [arrays[k] for k in _TOKEN_ARRAYS]
+    samples = [Sample(arrays["prompt_ids"], *(t[a:b] for t in tokens), reward=float(reward), finish_reason=finish,
+                      reward_details=details, gen_seconds=float(seconds))
+               for a, b, reward, finish, details, seconds in zip(bounds, bounds[1:], d["rewards"], d["finish_reasons"],
+                                                                 d["reward_details"], d["gen_seconds"])]
+    return Group(prompt_id=d["prompt_id"], prompt=d["prompt"], samples=samples, worker_id=d["worker_id"],
+                 fields=d["fields"])
+
+
+def problem_of(data: Any) -> str | None:
+    """Why the entry payload `data` is not a valid group, or None if it is one (every check decode_group makes,
+    without building the samples)."""
+    if not isinstance(data, bytes):
+        return f"payload is {type(data).__name__}, not bytes"
+    try:
+        _checked(data)
+    except CorruptGroup as e:
+        return str(e)
+    return None
+
+
+def _checked(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """The unpacked map of a valid group and its arrays; CorruptGroup naming the first problem otherwise."""
     try:
         d = msgpack.unpackb(data, raw=False)
     except Exception as e:  # noqa: BLE001 - msgpack raises several types for truncated or foreign bytes
@@ -124,40 +165,30 @@ def decode_group(data: bytes) -> Group:
         raise CorruptGroup(f"not a group but a {type(d).__name__}")
     if d.get("v") != SCHEMA_VERSION:
         raise CorruptGroup(f"group schema version {d.get('v')!r} != {SCHEMA_VERSION}: producer and consumer differ")
-    _expect(d, {"prompt_id": str, "prompt": str, "worker_id": int, "fields": dict, "samples": list}, "group")
-    if not d["samples"]:
+    _expect(d, {"prompt_id": str, "prompt": str, "worker_id": int, "fields": dict,
+                **dict.fromkeys(_PER_SAMPLE, list)}, "group")
+    arrays = {k: _unpack_array(d.get(k), k) for k in _DTYPES}
+    lengths = arrays["response_lengths"]
+    if len(lengths) == 0:
         raise CorruptGroup("group without samples")
-    samples = [_decode_sample(s, i) for i, s in enumerate(d["samples"])]
-    return Group(prompt_id=d["prompt_id"], prompt=d["prompt"], samples=samples,
-                 worker_id=d["worker_id"], fields=d["fields"])
-
-
-def problem_of(data: Any) -> str | None:
-    """Why the entry payload `data` is not a valid group, or None if it is one (it is decoded once to know)."""
-    if not isinstance(data, bytes):
-        return f"payload is {type(data).__name__}, not bytes"
-    try:
-        decode_group(data)
-    except CorruptGroup as e:
-        return str(e)
-    return None
-
-
-def _decode_sample(s: Any, i: int) -> Sample:
-    if not isinstance(s, dict):
-        raise CorruptGroup(f"sample {i}: not a map")
-    _expect(s, {"reward": (int, float), "finish_reason": str, "reward_details": dict, "gen_seconds": (int, float)},
-            f"sample {i}")
-    arrays = {k: _unpack_array(s.get(k), k, f"sample {i} {k}") for k in _ARRAYS}
-    if not math.isfinite(s["reward"]):
-        raise CorruptGroup(f"sample {i}: reward {s['reward']} is not finite")
+    if (lengths < 0).any():
+        raise CorruptGroup(f"response_lengths: a negative length in {lengths.tolist()[:8]}")
+    total = int(lengths.sum(dtype=np.int64))
+    for k in _TOKEN_ARRAYS:
+        if len(arrays[k]) != total:
+            raise CorruptGroup(f"{k}: {len(arrays[k])} values for responses of {total} tokens in all")
+    for key, kind in _PER_SAMPLE.items():
+        if len(d[key]) != len(lengths):
+            raise CorruptGroup(f"group: {len(d[key])} {key} for {len(lengths)} samples")
+        for i, value in enumerate(d[key]):
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise CorruptGroup(f"sample {i}: {key} is {type(value).__name__}, not {_name(kind)}")
+    for i, reward in enumerate(d["rewards"]):
+        if not math.isfinite(reward):
+            raise CorruptGroup(f"sample {i}: reward {reward} is not finite")
     if not np.isfinite(arrays["behaviour_logprobs"]).all() or (arrays["token_versions"] < 0).any():
-        raise CorruptGroup(f"sample {i}: a log-prob that is not finite or a negative policy version")
-    try:
-        return Sample(**arrays, reward=float(s["reward"]), finish_reason=s["finish_reason"],
-                      reward_details=s["reward_details"], gen_seconds=float(s["gen_seconds"]))
-    except ValueError as e:  # the lengths of the per-token arrays differ
-        raise CorruptGroup(f"sample {i}: {e}") from e
+        raise CorruptGroup("a log-prob that is not finite or a negative policy version")
+    return d, arrays
 
 
 def _expect(d: dict, types: dict, where: str) -> None:

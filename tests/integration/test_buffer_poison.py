@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from buffer.api import BufferConfig, Group, Sample, connect, decode_group, encode_group
+from buffer.api import SCHEMA_VERSION, BufferConfig, Group, Sample, connect, decode_group, encode_group
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ def test_foreign_entries_in_the_redis_stream_are_moved_to_the_quarantine_stream(
     reasons = [e[1][b"why"].decode() for e in client.xrange(f"{key_prefix}:quarantine")]
     assert len(reasons) == len(foreign)
     assert "not a msgpack group" in reasons[0] and "not a msgpack group" in reasons[1]
-    assert "schema version 2 != 1" in reasons[2]
+    assert f"schema version {SCHEMA_VERSION + 1} != {SCHEMA_VERSION}" in reasons[2]
     assert reasons[3] == "no integer version field 'v'" and "payload is NoneType" in reasons[4]
     assert client.xlen(f"{key_prefix}:groups") == 1  # only the good one, until its commit
     client.close()

@@ -120,11 +120,33 @@ def test_encoded_bytes_are_plain_msgpack_of_builtin_types():
     d = msgpack.unpackb(data, raw=False)  # no ext hook, no object_hook: plain msgpack
     assert _plain_types_only(d)
     assert d["v"] == SCHEMA_VERSION
-    # an array travels as (dtype string, shape, raw little-endian bytes)
-    arr = d["samples"][0]["response_ids"]
+    # an array travels as (dtype string, shape, raw little-endian bytes); the samples' responses concatenated
+    arr = d["response_ids"]
     assert arr["d"] == np.dtype(np.int32).str
-    assert arr["s"] == [2]
-    assert arr["b"] == np.array([8, 9], dtype=np.int32).tobytes()
+    assert arr["s"] == [5]
+    assert arr["b"] == np.array([8, 9, 10, 11, 12], dtype=np.int32).tobytes()
+    assert d["response_lengths"]["b"] == np.array([2, 3], dtype=np.int32).tobytes()
+    assert d["prompt_ids"]["b"] == np.array([5, 6, 7], dtype=np.int32).tobytes()  # once for the group
+
+
+def test_the_prompt_travels_once_per_group_not_once_per_sample():
+    prompt = np.arange(1000, dtype=np.int32)
+    one = _sample([], [1], [-1.0], [0], 1.0, finish_reason="stop")
+    one.prompt_ids = prompt
+
+    def size(n):
+        return len(encode_group(Group(prompt_id="p", prompt="p", samples=[one] * n)))
+
+    assert size(16) - size(1) < 15 * 100  # 15 more samples of one token each, not 15 more prompts of 4,000 bytes
+
+
+def test_a_group_whose_samples_have_different_prompts_is_refused_when_encoded():
+    a = _sample([1, 2], [3], [-1.0], [0], 1.0, finish_reason="stop")
+    b = _sample([1, 9], [3], [-1.0], [0], 1.0, finish_reason="stop")
+    with pytest.raises(ValueError, match="different prompt_ids"):
+        encode_group(Group(prompt_id="p", prompt="p", samples=[a, b]))
+    same = _sample([1, 2], [4], [-1.0], [0], 0.0, finish_reason="stop")  # equal values, another array: fine
+    assert len(decode_group(encode_group(Group(prompt_id="p", prompt="p", samples=[a, same]))).samples) == 2
 
 
 def test_decode_accepts_a_payload_built_by_hand_with_msgpack():
@@ -135,27 +157,39 @@ def test_decode_accepts_a_payload_built_by_hand_with_msgpack():
 
     payload = {
         "v": SCHEMA_VERSION, "prompt_id": "1+1", "prompt": "1+1=", "worker_id": 0, "fields": {"answer": "2"},
-        "samples": [{"prompt_ids": arr([1, 2], np.int32), "response_ids": arr([3], np.int32),
-                     "behaviour_logprobs": arr([-0.5], np.float32), "token_versions": arr([9], np.int32),
-                     "reward": 1.0, "finish_reason": "stop", "reward_details": {}, "gen_seconds": 0.0}],
+        "prompt_ids": arr([1, 2], np.int32), "response_lengths": arr([1, 2], np.int32),
+        "response_ids": arr([3, 4, 5], np.int32), "behaviour_logprobs": arr([-0.5, -1.0, -2.0], np.float32),
+        "token_versions": arr([9, 8, 8], np.int32), "rewards": [1.0, 0], "finish_reasons": ["stop", "length"],
+        "reward_details": [{}, {"k": 1}], "gen_seconds": [0.0, 0.5],
     }
     g = decode_group(msgpack.packb(payload, use_bin_type=True))
     assert g.fields == {"answer": "2"}
-    assert g.min_version == 9
+    assert g.min_version == 8
     np.testing.assert_array_equal(g.samples[0].response_ids, np.array([3], dtype=np.int32))
+    np.testing.assert_array_equal(g.samples[1].behaviour_logprobs, np.array([-1.0, -2.0], dtype=np.float32))
+    np.testing.assert_array_equal(g.samples[1].prompt_ids, np.array([1, 2], dtype=np.int32))
+    assert [s.reward for s in g.samples] == [1.0, 0.0] and g.samples[1].reward_details == {"k": 1}
 
 
 # ---------------------------------------------------------------- entries that are not valid groups
 
 
 def _raw(**changes) -> dict:
+    """The encoded _group() with `key__sub=value` changes (key: a top-level key; sub: a packed array's part or a
+    list index)."""
     d = msgpack.unpackb(encode_group(_group()), raw=False)
     for path, value in changes.items():
-        target, *keys = path.split("__")
-        node = d if target == "group" else d["samples"][0]
+        node, *keys = [d, *path.split("__")]
         for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
+            node = node[int(k) if isinstance(node, list) else k]
+        last = keys[-1]
+        node[int(last) if isinstance(node, list) else last] = value
+    return d
+
+
+def _without(key: str) -> dict:
+    d = _raw()
+    del d[key]
     return d
 
 
@@ -163,19 +197,25 @@ def _raw(**changes) -> dict:
     (b"\xc1 not msgpack", "not a msgpack group"),
     (encode_group(_group())[:-7], "not a msgpack group"),  # truncated
     (msgpack.packb([1, 2]), "not a group but a list"),
-    (msgpack.packb(_raw(group__v=SCHEMA_VERSION + 1)), f"schema version {SCHEMA_VERSION + 1} != {SCHEMA_VERSION}"),
-    (msgpack.packb(_raw(group__samples=[])), "group without samples"),
-    (msgpack.packb(_raw(group__prompt_id=7)), "group: prompt_id is int, not str"),
-    (msgpack.packb(_raw(sample__prompt_ids__d="<f8")), "sample 0 prompt_ids: dtype float64 != int32"),
-    (msgpack.packb(_raw(sample__response_ids__d="|O")), "dtype object != int32"),
-    (msgpack.packb(_raw(sample__response_ids__d="no such dtype")), "is not a dtype"),
-    (msgpack.packb(_raw(sample__token_versions__s=[1, 2])), "shape [1, 2] is not one length"),
-    (msgpack.packb(_raw(sample__behaviour_logprobs__b=b"\0" * 5)), "5 bytes for 2 values of float32"),
-    (msgpack.packb(_raw(sample__behaviour_logprobs__s=[1], sample__behaviour_logprobs__b=b"\0" * 4)),
-     "2 response tokens but 1 log-probs"),
-    (msgpack.packb(_raw(sample__reward=float("nan"))), "reward nan is not finite"),
-    (msgpack.packb(_raw(sample__reward="1")), "reward is str, not int or float"),
-    (msgpack.packb(_raw(sample__behaviour_logprobs__b=np.array([np.nan, 0], "<f4").tobytes())),
+    (msgpack.packb(_raw(v=SCHEMA_VERSION + 1)), f"schema version {SCHEMA_VERSION + 1} != {SCHEMA_VERSION}"),
+    (msgpack.packb(_raw(response_lengths=_raw()["prompt_ids"] | {"s": [0], "b": b""})), "group without samples"),
+    (msgpack.packb(_raw(prompt_id=7)), "group: prompt_id is int, not str"),
+    (msgpack.packb(_without("rewards")), "group: rewards is NoneType, not list"),
+    (msgpack.packb(_raw(prompt_ids__d="<f8")), "prompt_ids: dtype float64 != int32"),
+    (msgpack.packb(_raw(response_ids__d="|O")), "dtype object != int32"),
+    (msgpack.packb(_raw(response_ids__d="no such dtype")), "is not a dtype"),
+    (msgpack.packb(_raw(token_versions__s=[1, 2])), "shape [1, 2] is not one length"),
+    (msgpack.packb(_raw(behaviour_logprobs__b=b"\0" * 5)), "5 bytes for 5 values of float32"),
+    (msgpack.packb(_raw(behaviour_logprobs__s=[1], behaviour_logprobs__b=b"\0" * 4)),
+     "behaviour_logprobs: 1 values for responses of 5 tokens in all"),
+    (msgpack.packb(_raw(response_lengths__b=np.array([2, -1], "<i4").tobytes())), "a negative length"),
+    (msgpack.packb(_raw(finish_reasons=["stop"])), "group: 1 finish_reasons for 2 samples"),
+    (msgpack.packb(_raw(rewards__0=float("nan"))), "sample 0: reward nan is not finite"),
+    (msgpack.packb(_raw(rewards__1="1")), "sample 1: rewards is str, not int or float"),
+    (msgpack.packb(_raw(reward_details__0=[])), "sample 0: reward_details is list, not dict"),
+    (msgpack.packb(_raw(behaviour_logprobs__b=np.array([np.nan, 0, 0, 0, 0], "<f4").tobytes())),
+     "not finite or a negative policy version"),
+    (msgpack.packb(_raw(token_versions__b=np.array([1, 1, -1, 0, 0], "<i4").tobytes())),
      "not finite or a negative policy version"),
 ])
 def test_an_entry_that_is_not_a_valid_group_raises_corrupt_group_naming_the_problem(payload, problem):
