@@ -198,7 +198,7 @@ def _without(key: str) -> dict:
     (encode_group(_group())[:-7], "not a msgpack group"),  # truncated
     (msgpack.packb([1, 2]), "not a group but a list"),
     (msgpack.packb(_raw(v=SCHEMA_VERSION + 1)), f"schema version {SCHEMA_VERSION + 1} != {SCHEMA_VERSION}"),
-    (msgpack.packb(_raw(response_lengths=_raw()["prompt_ids"] | {"s": [0], "b": b""})), "group without samples"),
+    (msgpack.packb(_raw(response_lengths={"d": "<i4", "s": [0], "b": b""})), "group without samples"),
     (msgpack.packb(_raw(prompt_id=7)), "group: prompt_id is int, not str"),
     (msgpack.packb(_without("rewards")), "group: rewards is NoneType, not list"),
     (msgpack.packb(_raw(prompt_ids__d="<f8")), "prompt_ids: dtype float64 != int32"),
