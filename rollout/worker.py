@@ -195,6 +195,7 @@ class RolloutWorker(WorkerEvaluation):
         """One turn of the loop; returns the number of groups pushed (0: none is due yet, see _push_due)."""
         self._apply_pending_weights()
         self._renew_lease()
+        self._record_outcomes()  # also while the guard holds the loop back: a worker killed idle loses none of them
         self._fill()
         self._track_idle()
         if self._in_flight:
@@ -336,11 +337,13 @@ class RolloutWorker(WorkerEvaluation):
         return kept
 
     def _record_outcomes(self, force: bool = False) -> None:
-        """Write the noted pass statistics to prompt_stats, if PROMPT_STATS_FLUSH_S have passed (or `force`). Kept
-        for the next try if Redis is away; a worker that dies loses under a second of them (statistics, not
-        samples)."""
+        """Write the noted pass statistics to prompt_stats, if PROMPT_STATS_FLUSH_S have passed (or `force`); each
+        turn of the loop calls it. Kept for the next try if Redis is away; a worker that dies loses at most the last
+        PROMPT_STATS_FLUSH_S of them (statistics, not samples)."""
+        if not self._outcomes:
+            return
         now = time.monotonic()
-        if self._outcomes and (force or now - self._outcomes_at >= PROMPT_STATS_FLUSH_S):
+        if force or now - self._outcomes_at >= PROMPT_STATS_FLUSH_S:
             self.prompt_stats.record(self._outcomes)
             self._outcomes, self._outcomes_at = [], now
 

@@ -222,3 +222,22 @@ def test_pass_statistics_are_written_in_batches_and_all_of_them_by_the_loops_end
     worker.run()  # stops at once, writing what it noted
     stats = worker.prompt_stats.get_stats(["one", "two"])
     assert sum(s.seen for s in stats) == worker.counters["samples"] and min(s.seen for s in stats) > 0
+
+
+def test_a_worker_held_back_by_the_guard_still_writes_its_statistics_within_the_flush_interval(vllm_engine,
+                                                                                              monkeypatch):
+    """The statistics noted by the last pushes before the guard holds the loop back are written while it waits,
+    not left in memory until the next push (a worker killed while held lost them: tests/e2e/test_resume.py)."""
+    import rollout.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "PROMPT_STATS_FLUSH_S", 0.5)
+    prompts = [Prompt("one", "1+1=", {"answer": "2"}), Prompt("two", "2+2=", {"answer": "4"})]
+    worker, _ = make_worker(vllm_engine, prompts=ListSource(prompts))  # eta 1, B 4: 8 groups, then held
+    assert run_until(worker, 8) == 8
+    worker._outcomes_at = time.monotonic()  # as if just written: what the last pushes noted waits for the interval
+    assert worker._outcomes
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert worker.step(wait_s=0.1) == 0  # held: nothing generated, nothing pushed
+    stats = worker.prompt_stats.get_stats(["one", "two"])
+    assert worker._outcomes == [] and sum(s.seen for s in stats) == worker.counters["samples"]
