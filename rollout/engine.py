@@ -33,6 +33,7 @@ import numpy as np
 
 from plugins import Registry
 from rollout.config import WEIGHT_UPDATE_MODES, RolloutConfig
+from rollout.cpu_pinning import pin_engine_core
 from rollout.token_versions import token_versions
 from rollout.weight_files import WeightFiles, checkpoint_files, checkpoint_layout, files_layout, layout_problems
 
@@ -385,9 +386,15 @@ class AsyncVllmEngine:
 @ENGINES.register("vllm")
 def vllm_engine(model_path: str, rollout: RolloutConfig, *, seed: int, version: int = 0) -> AsyncVllmEngine:
     on_cpu = rollout.gpus_per_worker == 0
-    return AsyncVllmEngine(model_path, max_model_len=rollout.max_model_len, seed=seed, dtype=rollout.dtype,
-                           gpu_memory_utilization=rollout.gpu_memory_utilization,
-                           tensor_parallel_size=rollout.tensor_parallel_size, version=version,
-                           enforce_eager=rollout.enforce_eager or on_cpu, weight_update=rollout.weight_update,
-                           update_timeout_s=rollout.update_timeout_s, max_num_seqs=rollout.max_num_seqs,
-                           on_cpu=on_cpu)
+    if rollout.engine_cpus and not on_cpu:
+        raise ValueError(f"rollout.engine_cpus={rollout.engine_cpus!r} pins a CPU engine, and this one runs on a GPU "
+                         "(rollout.gpus_per_worker > 0): set rollout.engine_cpus=''")
+    engine = AsyncVllmEngine(model_path, max_model_len=rollout.max_model_len, seed=seed, dtype=rollout.dtype,
+                             gpu_memory_utilization=rollout.gpu_memory_utilization,
+                             tensor_parallel_size=rollout.tensor_parallel_size, version=version,
+                             enforce_eager=rollout.enforce_eager or on_cpu, weight_update=rollout.weight_update,
+                             update_timeout_s=rollout.update_timeout_s, max_num_seqs=rollout.max_num_seqs,
+                             on_cpu=on_cpu)
+    if rollout.engine_cpus:
+        log.info("rollout engine pinned: %s", pin_engine_core(rollout.engine_cpus))
+    return engine

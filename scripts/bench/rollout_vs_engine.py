@@ -33,6 +33,7 @@ import asyncio
 import dataclasses
 import os
 import statistics
+import sys
 import threading
 import time
 
@@ -50,7 +51,7 @@ def rollout_config(args):
                          max_new_tokens=args.max_new_tokens, max_model_len=args.max_model_len, dtype=args.dtype,
                          gpus_per_worker=1.0 if args.gpu else 0.0, cpus_per_worker=args.cpus,
                          gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
-                         enforce_eager=not args.gpu)
+                         enforce_eager=not args.gpu, engine_cpus=args.engine_cpus)
 
 
 def prompt_source(args):
@@ -79,6 +80,10 @@ class BareSide:
         # the worker actor settles its heap once its engine is up (rollout.actor.settle_heap: frozen, fewer young
         # collections); so does this side by default, so that the ratio shows the worker's own work, not Python's
         # collector (--bare-heap default: AsyncLLM as an embedding program gets it, collector untouched)
+        if args.engine_cpus:  # as the worker's engine pins itself (rollout.engine_cpus)
+            from rollout.cpu_pinning import pin_engine_core
+
+            print(pin_engine_core(args.engine_cpus), file=sys.stderr)
         if args.bare_heap == "settled":
             from rollout.actor import settle_heap
 
@@ -263,6 +268,8 @@ def main() -> None:
                     "each round")
     ap.add_argument("--bare-heap", choices=("settled", "default"), default="settled", help="the bare side's "
                     "garbage collector: tuned as the worker actor's (rollout.actor.settle_heap), or Python's default")
+    ap.add_argument("--engine-cpus", default="", help="CPU ids for the engine core on both sides, each side's other "
+                    "threads on the rest (rollout.engine_cpus); default: no pinning")
     ap.add_argument("--ramp-seconds", type=float, default=3.0, help="interleaved: from a side's release to its window")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench", "rollout_vs_engine.json"))
     ap.add_argument("--only", choices=tuple(SIDES), help=argparse.SUPPRESS)  # one side, in a child process

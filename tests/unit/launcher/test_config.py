@@ -174,6 +174,15 @@ def test_validate_rejects_top_p_below_one_naming_the_fix(model_dir):
         validate(cfg)
 
 
+@pytest.mark.parametrize("cpus, gpus, message", [("0-", 0.0, r"'0-' is not a CPU id or a range like 0-3"),
+                                                  ("0", 1.0, r"pins a CPU engine.*set rollout.engine_cpus=''")])
+def test_validate_rejects_engine_cpus_that_do_not_parse_or_meet_a_gpu_engine(model_dir, cpus, gpus, message):
+    cfg = _valid_config(model_dir)
+    cfg.rollout.engine_cpus, cfg.rollout.gpus_per_worker = cpus, gpus
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
 @pytest.mark.parametrize("key, value", [("ppo_epochs", 0), ("mini_batches_per_step", 0),
                                         ("mini_batches_per_step", 17)])
 def test_validate_rejects_impossible_ppo_schedules(model_dir, key, value):
