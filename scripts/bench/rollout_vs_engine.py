@@ -24,6 +24,7 @@ Two ways to pair the windows (each side runs in a child process of its own):
   costs a little (the worker: Ray's daemons, its guard polls; both: an idle engine core): `held_cpu_cores`.
 
     python scripts/bench/rollout_vs_engine.py [--model .cache/tiny-model] [--seconds 60] [--gpu] [--interleaved]
+        [--engine-cpus 0]   # both sides' engine cores on CPU 0, their other threads on the rest (rollout.engine_cpus)
 Writes docs/bench/rollout_vs_engine.json (or --out).
 """
 from __future__ import annotations
@@ -77,13 +78,13 @@ class BareSide:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result()
-        # the worker actor settles its heap once its engine is up (rollout.actor.settle_heap: frozen, fewer young
-        # collections); so does this side by default, so that the ratio shows the worker's own work, not Python's
-        # collector (--bare-heap default: AsyncLLM as an embedding program gets it, collector untouched)
         if args.engine_cpus:  # as the worker's engine pins itself (rollout.engine_cpus)
             from rollout.cpu_pinning import pin_engine_core
 
             print(pin_engine_core(args.engine_cpus), file=sys.stderr)
+        # the worker actor settles its heap once its engine is up (rollout.actor.settle_heap: frozen, fewer young
+        # collections); so does this side by default, so that the ratio shows the worker's own work, not Python's
+        # collector (--bare-heap default: AsyncLLM as an embedding program gets it, collector untouched)
         if args.bare_heap == "settled":
             from rollout.actor import settle_heap
 
