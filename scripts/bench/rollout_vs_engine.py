@@ -25,6 +25,9 @@ Two ways to pair the windows (each side runs in a child process of its own):
 
     python scripts/bench/rollout_vs_engine.py [--model .cache/tiny-model] [--seconds 60] [--gpu] [--interleaved]
         [--engine-cpus 0]   # both sides' engine cores on CPU 0, their other threads on the rest (rollout.engine_cpus)
+    # long-tailed answers on CPU, as on the GPU: a random model of the tiny shape (scripts/gpu/make_random_model.py)
+    python scripts/bench/rollout_vs_engine.py --model .cache/random-tiny --max-new-tokens 256 --max-model-len 288 \
+        --interleaved --seconds 20 --rounds 6 --warmup-seconds 10 --ramp-seconds 10 --cpus 1
 Writes docs/bench/rollout_vs_engine.json (or --out).
 """
 from __future__ import annotations

@@ -5,6 +5,9 @@ with 96 tokens in its vocabulary it samples end-of-sequence about once per 96 to
 
     python scripts/gpu/make_random_model.py --out /tmp/qwen2-0.5b-random [--hidden 896 --layers 24 ...]
 Defaults are Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864), bf16 on disk.
+The same long-tailed lengths on CPU, with the tiny model's shape (docs/benchmarks.md, "Long answers on 2 CPU cores"):
+    python scripts/gpu/make_random_model.py --out .cache/random-tiny --hidden 128 --layers 4 --heads 4 \
+        --kv-heads 2 --mlp 384 --max-positions 512
 """
 import argparse
 import os
